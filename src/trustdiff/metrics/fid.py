@@ -1,0 +1,334 @@
+"""Fréchet distance between image sets in the feature space of a pluggable network.
+
+    FD = ||μ₁ − μ₂||² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)        (Heusel et al. 2017, Eq. 6)
+
+Only the exact TF-Inception "pt_inception-2015-12-05" network makes this *FID*; with any other
+feature network the number is named after the data its features were trained on
+(:func:`fd_name`: ``"FD-digits"``) and is comparable only to numbers from the same network.
+Every generator FD should be reported beside :func:`fd_floor`, the FD between real train and test
+images, i.e. what a perfect generator would score at that sample size.
+
+Images enter as pixel-space float tensors N×C×H×W in [0, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..errors import CheckpointError, InputError
+from ..images import check_images
+from ..nets.classifier import SmallCNN
+
+#: bump when the feature-net architecture or its training recipe changes (invalidates caches)
+FEATURE_NET_VERSION = 1
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂), in float64.
+
+    Args:
+        mu1, mu2: means, shape [D]. sigma1, sigma2: covariances, shape [D, D]. Arrays or tensors.
+
+    Raises:
+        InputError: mismatched shapes, or a square root (Σ₁Σ₂)^½ with a significant imaginary part
+            (usually too few samples for the feature dimension D).
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise InputError(
+            f"frechet_distance: expected mu [D] and sigma [D, D] alike, got {mu1.shape}, "
+            f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}"
+        )
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():  # singular product: nudge both diagonals
+        offset = np.eye(d) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        if imag > 1e-3:
+            raise InputError(
+                f"frechet_distance: (Σ1 Σ2)^1/2 has imaginary part {imag:.3g} on its diagonal; "
+                f"use more samples than the feature dimension {d}"
+            )
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def feature_stats(feature_fn, x: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ``feature_fn`` over a pixel-space batch.
+
+    Args:
+        feature_fn: maps N×C×H×W in [0, 1] → N×D (a module in eval mode, or any callable).
+        x: images N×C×H×W in [0, 1], N ≥ 2.
+
+    Returns:
+        (μ [D], Σ [D, D]) as float64 NumPy arrays; Σ is the unbiased (N − 1) covariance.
+    """
+    x = check_images(x)
+    if len(x) < 2:
+        raise InputError(f"feature_stats: expected at least 2 images, got {len(x)}")
+    with torch.no_grad():
+        f = torch.cat([feature_fn(x[i:i + batch_size]).reshape(len(x[i:i + batch_size]), -1)
+                       for i in range(0, len(x), batch_size)])
+    f = f.double().cpu().numpy()
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def fd(real_x: torch.Tensor, fake_x: torch.Tensor, feature_net: nn.Module, batch_size: int = 256) -> float:
+    """Fréchet distance between two image sets, computed by torchmetrics'
+    ``FrechetInceptionDistance(feature=feature_net)``.
+
+    Args:
+        real_x, fake_x: images N×C×H×W in [0, 1] (same C, H, W; N ≥ 2 each, N ≫ D for a stable
+            estimate — FD is biased upwards by O(D / N)).
+        feature_net: an ``nn.Module`` mapping N×C×H×W in [0, 1] → N×D, on the images' device
+            (the metric is moved there, and the module with it); ideally with an int
+            ``num_features`` attribute (:class:`FeatureNet` has one).
+
+    Returns:
+        FD ≥ 0 (float). Name it with :func:`fd_name`; report it beside :func:`fd_floor`.
+    """
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as e:  # e.g. torch-fidelity installed without torchvision breaks torchmetrics
+        raise InputError(f"fd: torchmetrics.image.fid cannot be imported ({e}); "
+                         "if torch-fidelity is installed without torchvision, uninstall it") from None
+    real_x = check_images(real_x, name="real_x")
+    fake_x = check_images(fake_x, name="fake_x", channels=real_x.shape[1], size=tuple(real_x.shape[-2:]))
+    if len(real_x) < 2 or len(fake_x) < 2:
+        raise InputError(f"fd: expected at least 2 images in each set, got {len(real_x)} and {len(fake_x)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"fd: expected batch_size >= 1, got {batch_size!r}")
+    if not isinstance(feature_net, nn.Module):
+        raise InputError(f"fd: feature_net must be an nn.Module (N×C×H×W → N×D), "
+                         f"got {type(feature_net).__name__}")
+    metric = FrechetInceptionDistance(
+        feature=feature_net, normalize=True, input_img_size=tuple(real_x.shape[1:])
+    ).to(real_x.device)
+    for real, x in ((True, real_x), (False, fake_x)):
+        for i in range(0, len(x), batch_size):
+            metric.update(x[i:i + batch_size], real=real)
+    return float(metric.compute())
+
+
+def fd_name(dataset_name: str) -> str:
+    """The plain name of an FD computed with a feature net trained on ``dataset_name``:
+    ``fd_name("digits") == "FD-digits"``. Only the standard Inception network earns "FID"."""
+    if not isinstance(dataset_name, str) or not dataset_name:
+        raise InputError(f"fd_name: expected a non-empty data set name, got {dataset_name!r}")
+    return f"FD-{dataset_name}"
+
+
+def fd_floor(train_x: torch.Tensor, test_x: torch.Tensor, feature_net: nn.Module, batch_size: int = 256) -> float:
+    """The FD between real train and test images (pixel space, N×C×H×W in [0, 1]): the score of a
+    generator that reproduces the data distribution exactly. FD's bias depends on the sample
+    sizes, so pass the same numbers of images as for the generator FD it is reported beside."""
+    return fd(train_x, test_x, feature_net, batch_size=batch_size)
+
+
+class FeatureNet(nn.Module):
+    """The feature network of FD-<dataset>: a trained classifier's penultimate features.
+
+    ``forward(x)``: x N×C×H×W in [0, 1] → N×D (``D = num_features``). Always in eval mode (like
+    torchmetrics' ``NoTrainInceptionV3``), so features never depend on the batch.
+    """
+
+    def __init__(self, classifier: SmallCNN):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = int(classifier.feature_dim)  # read by torchmetrics
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FeatureNet":
+        """Stay in eval mode whatever is asked."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x N×C×H×W in [0, 1] → features N×num_features."""
+        return self.classifier.features(x)
+
+
+def _xent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator=None) -> torch.Tensor:
+    """Per-sample cross-entropy [N] of the classifier's logits."""
+    return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+def train_feature_net(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    run_dir,
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    width: int = 32,
+    num_classes: int | None = None,
+    resume: bool = False,
+) -> FeatureNet:
+    """Train a :class:`SmallCNN` classifier on (x, y) with ``trustdiff.train.fit`` and wrap it.
+
+    Args:
+        x: training images N×C×H×W in [0, 1], square, H divisible by 4.
+        y: labels, integer tensor [N] in [0, K).
+        run_dir: the training run folder (checkpoints, log).
+        num_classes: K; default ``y.max() + 1``.
+        resume: continue a run that ``run_dir`` already holds (``fit`` refuses one otherwise).
+
+    Returns:
+        A :class:`FeatureNet` (eval mode) on x's device.
+    """
+    from ..train import TrainConfig, fit  # plumbing: imported only when training
+
+    x = check_images(x, name="x_train")
+    _check_labels(x, y)
+    net = SmallCNN(**_net_config(x, y, width, num_classes)).to(x.device)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+                      warmup_steps=min(100, steps // 10))
+    result = fit(net, _xent, (x, y.long()), cfg, run_dir, resume=resume)
+    return FeatureNet(result.model)  # the raw weights: a classifier needs no EMA to give features
+
+
+def _check_labels(x: torch.Tensor, y) -> None:
+    """Labels must be an integer tensor [N], one per image."""
+    ok = isinstance(y, torch.Tensor) and y.ndim == 1 and len(y) == len(x) >= 2 and not y.is_floating_point()
+    if not ok or y.min() < 0:
+        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise InputError(f"y_train: expected non-negative integer labels [N={len(x)}], N >= 2, got {got}")
+
+
+def _net_config(x, y, width, num_classes) -> dict:
+    k = int(y.max()) + 1 if num_classes is None else num_classes
+    return dict(in_channels=int(x.shape[1]), num_classes=k, width=width, resolution=int(x.shape[-1]))
+
+
+def cached_feature_net(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    content_hash: str,
+    cache_dir,
+    *,
+    steps: int = 1000,  # 16×16 digits: ~75 s on 2 shared CPU cores; 300 steps gave 99% test accuracy
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    width: int = 32,
+) -> FeatureNet:
+    """:func:`train_feature_net`, cached in ``cache_dir/<key>/`` (``model.safetensors`` +
+    ``config.json``), where key hashes (``content_hash`` of the data, net config, train config).
+    A folder with both files is reused without training.
+
+    Args:
+        x_train: images N×C×H×W in [0, 1]; y_train: integer labels [N].
+        content_hash: a hash of the data's content (the caller's; it is trusted, not recomputed).
+
+    Returns:
+        A :class:`FeatureNet` (eval mode) on x_train's device.
+    """
+    x_train = check_images(x_train, name="x_train")
+    if not isinstance(content_hash, str) or not content_hash:
+        raise InputError(f"content_hash: expected a non-empty string, got {content_hash!r}")
+    _check_labels(x_train, y_train)
+    net_cfg = _net_config(x_train, y_train, width, None)
+    train_cfg = dict(steps=steps, seed=seed, batch_size=batch_size, lr=lr)
+    spec = dict(arch=SmallCNN.arch, data=content_hash, net=net_cfg, train=train_cfg, version=FEATURE_NET_VERSION)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / key
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return _load_feature_net(folder, spec).to(x_train.device)
+
+    net = train_feature_net(x_train, y_train, run_dir=folder / "train", num_classes=net_cfg["num_classes"],
+                            width=width, resume=True, **train_cfg)  # resume: an interrupted run goes on
+    state = {k: v.detach().cpu().contiguous() for k, v in net.classifier.state_dict().items()}
+    from safetensors.torch import save
+
+    atomic_write_bytes(folder / "model.safetensors", save(state))
+    with torch.no_grad():  # a sanity figure for the report: does the feature net classify?
+        acc = float((net.classifier(x_train[:2048]).argmax(1) == y_train[:2048].to(x_train.device)).float().mean())
+    atomic_write_json(folder / "config.json", dict(spec, train_accuracy=acc))  # written last: marks complete
+    return net
+
+
+def _load_feature_net(folder: Path, spec: dict) -> FeatureNet:
+    """Rebuild a cached :class:`FeatureNet` from ``folder``; CheckpointError if it doesn't fit."""
+    from safetensors.torch import load
+
+    cfg = json.loads((folder / "config.json").read_text())
+    if any(cfg.get(k) != v for k, v in spec.items()):
+        raise CheckpointError(f"feature net cache {folder}: config.json does not match the requested net")
+    net = SmallCNN(**cfg["net"])
+    try:
+        net.load_state_dict(load((folder / "model.safetensors").read_bytes()))
+    except Exception as e:  # torn or foreign file: name it, in one line
+        raise CheckpointError(
+            f"feature net cache {folder}: model.safetensors does not load ({type(e).__name__})"
+        ) from None
+    return FeatureNet(net)
+
+
+class InceptionFeatureNet(nn.Module):
+    """Pool-3 features (2048) of torch-fidelity's TF-compatible Inception-v3.
+
+    ``forward(x)``: x N×C×H×W in [0, 1], C in {1, 3} (grey is repeated to RGB), any H×W (resized
+    to 299 inside) → N×2048. Pixels are rounded to uint8 first, as when images are saved as PNG.
+    """
+
+    num_features = 2048
+
+    def __init__(self, extractor: nn.Module):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x N×C×H×W in [0, 1] → N×2048."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.extractor(u8)[0].reshape(len(x), -1)
+
+
+def inception_feature_net(weights_path) -> InceptionFeatureNet:
+    """The standard FID network, "pt_inception-2015-12-05", from a local weights file.
+
+    Needs ``torch_fidelity.feature_extractor_inceptionv3.FeatureExtractorInceptionV3`` and the file
+    ``weights-inception-2015-12-05-6726825d.pth`` that torch-fidelity publishes (nothing is
+    downloaded here). trustdiff does not install torch-fidelity: its package ``__init__`` imports
+    torchvision (torch-fidelity 0.3 and 0.4), which trustdiff deliberately leaves out; installed
+    without torchvision it also breaks ``import torchmetrics``.
+
+    Raises:
+        InputError: the file is missing, or torch-fidelity cannot be imported here.
+        CheckpointError: the file is not a plain tensor state dict of that network.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise InputError(f"inception weights: no file at {path} (expected weights-inception-2015-12-05-6726825d.pth)")
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as e:
+        raise InputError(
+            f"inception_feature_net needs torch-fidelity, which cannot be imported here ({e}): it imports "
+            "torchvision, which trustdiff leaves out; use FD with a FeatureNet, or compute FID in an "
+            "environment with torchvision and torch-fidelity"
+        ) from None
+    try:  # torch-fidelity loads with weights_only=False; make sure the file holds tensors only
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"inception weights {path}: not a plain tensor state dict ({type(e).__name__})") from None
+    try:
+        extractor = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+        )
+    except RuntimeError as e:
+        raise CheckpointError(f"inception weights {path}: not the pt_inception-2015-12-05 network ({e})") from None
+    return InceptionFeatureNet(extractor)

@@ -12,7 +12,15 @@ from .precond import _bc
 
 
 def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from ``generator`` on x's device."""
+    """Standard normal noise shaped like x, on x's device.
+
+    ``generator`` is one ``torch.Generator`` or a list of N of them, one per sample — then sample
+    i's noise comes from its own generator, so an image depends on its seed only, not on the batch
+    it was drawn in (EDM's per-image seeds)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"expected {x.shape[0]} generators (one per sample), got {len(generator)}")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator])
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 

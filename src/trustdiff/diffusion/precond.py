@@ -67,12 +67,13 @@ def call_backbone(net: nn.Module, x: torch.Tensor, c_noise: torch.Tensor, cond=N
     called as ``net(x, c_noise, cond)``."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
-    if isinstance(net, UNet2DModel):
-        n_cls = net.config.num_class_embeds
+    base = getattr(net, "module", net)            # a DDP-wrapped network dispatches on its module
+    if isinstance(base, UNet2DModel):
+        n_cls = base.config.num_class_embeds
         if n_cls and cond is None:
             cond = torch.full((x.shape[0],), n_cls - 1, dtype=torch.long, device=x.device)
         return net(x, c_noise, class_labels=cond if n_cls else None).sample
-    if isinstance(net, UNet2DConditionModel):
+    if isinstance(base, UNet2DConditionModel):
         return net(x, c_noise, encoder_hidden_states=cond).sample
     return net(x, c_noise, cond)
 

@@ -332,3 +332,23 @@ def inception_feature_net(weights_path) -> InceptionFeatureNet:
     except RuntimeError as e:
         raise CheckpointError(f"inception weights {path}: not the pt_inception-2015-12-05 network ({e})") from None
     return InceptionFeatureNet(extractor)
+
+
+def fd_report(train, test, fake_x: torch.Tensor, *, cache_dir, feature_steps: int = 1000, seed: int = 0) -> dict:
+    """The generator's FD against the real test set, beside the real-data floor FD(train, test).
+
+    Args:
+        train, test: :class:`trustdiff.data.ImageSet` (the feature net is trained on ``train``).
+        fake_x: generated images N×C×H×W in [0, 1].
+
+    Returns:
+        ``{"fd_name", "fd", "fd_floor", "fd_ratio", "n_fake", "n_test", "n_train"}``, named plainly
+        (e.g. "FD-digits": not Inception FID, not comparable with published FIDs).
+    """
+    x_tr, y_tr = train.tensors()
+    x_te, _ = test.tensors()
+    net = cached_feature_net(x_tr, y_tr, train.content_hash(), cache_dir, steps=feature_steps, seed=seed)
+    value = fd(x_te, fake_x, net)
+    floor = fd_floor(x_tr, x_te, net)
+    return {"fd_name": fd_name(train.name), "fd": value, "fd_floor": floor, "fd_ratio": value / floor,
+            "n_fake": len(fake_x), "n_test": len(x_te), "n_train": len(x_tr)}

@@ -1,0 +1,110 @@
+"""``trustdiff train`` and ``trustdiff generate``."""
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .common import dry_run_option, dry_run_or_start
+
+
+@click.command("train")
+@click.option("--data", default="digits", show_default=True, help='"digits" or a path: .npz, MNIST idx, CIFAR-10 batches, image folder.')
+@click.option("--resolution", default=16, show_default=True, help="Training resolution (images are resized).")
+@click.option("--precond", type=click.Choice(["edm", "vp", "ve"]), default="edm", show_default=True)
+@click.option("--size", default="small", show_default=True, help="Network size: tiny, small, base, ddpm-cifar.")
+@click.option("--conditional/--unconditional", default=True, show_default=True)
+@click.option("--label-dropout", default=0.1, show_default=True, help="P(label → null) for classifier-free guidance.")
+@click.option("--steps", default=20_000, show_default=True)
+@click.option("--batch", "batch_size", default=128, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--warmup", "warmup_steps", default=200, show_default=True)
+@click.option("--ema-halflife-kimg", default=50.0, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--nproc", default=1, show_default=True, help="Processes (Accelerate, gloo on CPU).")
+@dry_run_option
+def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps, batch_size, lr,
+              warmup_steps, ema_halflife_kimg, checkpoint_every, seed, out, resume, nproc, dry_run):
+    """Train a diffusion model; the EMA network is exported to OUT/model."""
+    from ..train import TrainConfig
+    from ..train.diffusion import DiffusionJob, prepare_diffusion, train_diffusion
+
+    if nproc > 1:
+        from ..train import launch
+
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc")
+        del argv[i: i + 2]
+        raise SystemExit(launch(nproc, ["-m", "trustdiff.cli", *argv]))
+    job = DiffusionJob(data=data, resolution=resolution, precond=precond, size=size, conditional=conditional,
+                       label_dropout=label_dropout,
+                       train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                         ema_halflife_kimg=ema_halflife_kimg, checkpoint_every=checkpoint_every,
+                                         seed=seed))
+    prepared = prepare_diffusion(job)              # bad input fails here, before OUT is touched
+    if not dry_run_or_start("train", job, out, dry_run, write_config=not resume):
+        return
+    folder = train_diffusion(job, out, resume=resume, prepared=prepared)
+    click.echo(f"model written to {folder}")
+
+
+@click.command("generate")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A model folder or a training run folder.")
+@click.option("-n", "--num", "num", default=64, show_default=True, help="Number of images.")
+@click.option("--sampler", default="heun", show_default=True, help="heun, euler, ddim, ddpm, euler_maruyama, pc, langevin.")
+@click.option("--steps", default=18, show_default=True, help="Noise levels (Heun: NFE = 2·steps − 1).")
+@click.option("--guidance", default=1.0, show_default=True, help="Classifier-free guidance scale w (1: none).")
+@click.option("--class", "classes", multiple=True, type=int, help="Class label(s); default: cycle through all classes.")
+@click.option("--seed", default=0, show_default=True, help="Image i uses seed + i.")
+@click.option("--batch", "batch_size", default=256, show_default=True)
+@click.option("--shard-size", default=10_000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/generate"), show_default=True)
+@dry_run_option
+def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, out, dry_run):
+    """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels) and OUT/grid.png."""
+    import torch
+    from tqdm import tqdm
+
+    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..diffusion.model import load_model, sample
+    from ..diffusion.samplers import nfe
+    from ..images import make_grid, save_png, to_uint8
+
+    config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
+                  classes=list(classes), seed=seed, batch_size=batch_size)
+    den, spec = load_model(model_dir)
+    if not dry_run_or_start("generate", config, out, dry_run):
+        return
+    labels = None
+    if spec.num_classes is not None:
+        pool = list(classes) or list(range(spec.num_classes))
+        labels = np.array([pool[i % len(pool)] for i in range(num)], dtype=np.int64)
+    t0 = time.time()
+    chunks = []
+    with torch.no_grad():
+        for start in tqdm(range(0, num, batch_size), desc="generate", unit="batch"):
+            seeds = range(seed + start, seed + min(start + batch_size, num))
+            lab = None if labels is None else labels[start: start + len(seeds)]
+            chunks.append(sample(den, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance))
+    images = torch.cat(chunks)
+    elapsed = time.time() - t0
+    arr = to_uint8(images)
+    for k, lo in enumerate(range(0, num, shard_size)):
+        buf = io.BytesIO()
+        lab = labels[lo: lo + shard_size] if labels is not None else np.full(len(arr[lo: lo + shard_size]), -1, np.int64)
+        np.savez(buf, images=arr[lo: lo + shard_size], labels=lab, seeds=np.arange(seed + lo, seed + lo + len(lab)))
+        atomic_write_bytes(out / f"images-{k:05d}.npz", buf.getvalue())
+    save_png(out / "grid.png", make_grid(images[:100], nrow=10))
+    atomic_write_json(out / "metrics.json", {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed,
+                                             "images_per_s": num / max(elapsed, 1e-9)})
+    click.echo(f"{num} images ({sampler}, NFE {nfe(sampler, steps)}) in {elapsed:.1f}s → {out}")
+
+
+COMMANDS = [train_cmd, generate_cmd]

@@ -1,0 +1,133 @@
+"""A trained diffusion model as a folder, and drawing images from it.
+
+Layout (a diffusers UNet in its own ``save_pretrained`` layout, so it opens in diffusers)::
+
+    MODEL/trustdiff.json   what the network means: preconditioning, σ range, classes, resolution
+    MODEL/unet/            config.json + diffusion_pytorch_model.safetensors
+
+A plain diffusers DDPM folder (``unet/`` + ``scheduler/``) loads too, through
+:class:`~trustdiff.diffusion.precond.DiffusersDenoiser`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_json
+from ..errors import CheckpointError, InputError
+from ..images import clamp_pixel, to_pixel
+from . import samplers, schedules
+from .guidance import ClassifierFreeGuidance
+from .precond import DiffusersDenoiser, Preconditioned
+
+FORMAT = "trustdiff.diffusion/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a trained network means. σ are model units (images in [-1, 1])."""
+    precond: str = "edm"            # edm | vp | ve
+    size: str = "small"             # trustdiff.nets.build_unet size
+    resolution: int = 16
+    channels: int = 1
+    num_classes: int | None = None  # None: unconditional; else labels 0..K-1 and null label K
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    data: str = "digits"
+
+    @property
+    def null_label(self) -> int | None:
+        return self.num_classes
+
+
+def build_denoiser(spec: ModelSpec):
+    """A fresh (untrained) network for ``spec``, preconditioned: returns (unet, denoiser)."""
+    from ..nets import build_unet
+
+    unet = build_unet(spec.size, resolution=spec.resolution, channels=spec.channels, num_classes=spec.num_classes)
+    return unet, Preconditioned(unet, spec.precond, spec.sigma_data)
+
+
+def save_model(folder, unet, spec: ModelSpec) -> Path:
+    """Write ``unet`` (diffusers layout) and ``trustdiff.json`` into ``folder``; the JSON goes last
+    and atomically, so a folder with a ``trustdiff.json`` is complete."""
+    folder = Path(folder)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    atomic_write_json(folder / "trustdiff.json", {"format": FORMAT, **asdict(spec)})
+    return folder
+
+
+def load_model(folder):
+    """Open a model folder → (denoiser, spec). Accepts a trustdiff model folder, a training run
+    folder holding one in ``model/``, or a diffusers DDPM folder. Errors are one line."""
+    from diffusers import UNet2DModel
+
+    folder = Path(folder)
+    if (folder / "model" / "trustdiff.json").is_file():
+        folder = folder / "model"
+    meta_path = folder / "trustdiff.json"
+    if not meta_path.is_file():
+        if (folder / "scheduler").is_dir() or (folder / "scheduler_config.json").is_file():
+            den = DiffusersDenoiser.from_pretrained(folder)
+            unet = den.unet
+            spec = ModelSpec(precond="ddpm", size="diffusers", resolution=int(unet.config.sample_size),
+                             channels=int(unet.config.in_channels), num_classes=None,
+                             sigma_min=den.sigma_min, sigma_max=den.sigma_max, data="unknown")
+            return den, spec
+        raise CheckpointError(f"{folder}: expected a trustdiff model folder (trustdiff.json + unet/) or a diffusers DDPM folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if meta.pop("format", None) != FORMAT:
+        raise CheckpointError(f"{meta_path}: expected format {FORMAT!r}")
+    try:
+        spec = ModelSpec(**meta)
+    except TypeError as e:
+        raise CheckpointError(f"{meta_path}: unexpected fields ({e})") from None
+    try:
+        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{folder / 'unet'}: cannot load the network ({msg[:200]})") from None
+    unet.eval().requires_grad_(False)
+    return Preconditioned(unet, spec.precond, spec.sigma_data), spec
+
+
+def sampling_sigmas(sampler: str, steps: int, spec: ModelSpec, device=None) -> torch.Tensor:
+    """The levels each sampler walks: EDM's ρ = 7 schedule over [σ_min, σ_max] (NCSN's geometric
+    levels for annealed Langevin). Shape [steps + 1], ending in 0."""
+    if sampler == "langevin":
+        return schedules.geometric_sigmas(steps, max(spec.sigma_min, 0.01), min(spec.sigma_max, 1.0), device=device)
+    return schedules.karras_sigmas(steps, spec.sigma_min, spec.sigma_max, device=device)
+
+
+def sample(denoiser, spec: ModelSpec, seeds, *, sampler: str = "heun", steps: int = 18,
+           labels=None, guidance: float = 1.0, device=None, **sampler_kw) -> torch.Tensor:
+    """Draw one image per seed (image i depends only on ``seeds[i]``): pixel space N×C×H×W in
+    [0, 1]. ``labels`` (int64 [N]) for class-conditional models; ``guidance`` is the CFG scale w
+    (1 = plain conditional)."""
+    if sampler not in samplers.SAMPLERS:
+        raise InputError(f"sampler: expected one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
+    if steps < 1:
+        raise InputError(f"steps: expected >= 1, got {steps}")
+    device = device or next(iter(denoiser.parameters()), torch.zeros(())).device
+    gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    shape = (spec.channels, spec.resolution, spec.resolution)
+    sigmas = sampling_sigmas(sampler, steps, spec, device)
+    x = float(sigmas[0]) * torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
+    cond = None
+    if labels is not None:
+        if spec.num_classes is None:
+            raise InputError("labels: this model is unconditional; drop --class")
+        cond = torch.as_tensor(labels, dtype=torch.long, device=device)
+        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= spec.num_classes):
+            raise InputError(f"labels: expected values in 0..{spec.num_classes - 1}, got {cond.tolist()[:8]}")
+        if guidance != 1.0:
+            denoiser = ClassifierFreeGuidance(denoiser, guidance, spec.null_label)
+    x0 = samplers.SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, generator=gens, **sampler_kw)
+    return clamp_pixel(to_pixel(x0))

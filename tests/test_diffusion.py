@@ -309,3 +309,12 @@ def test_classifier_guidance_matches_closed_form():
 def test_as_sigma_broadcasts():
     x = torch.zeros(3, 1, 2, 2)
     assert as_sigma(0.5, x).shape == (3,) and as_sigma(torch.tensor([1.0, 2, 3]), x).tolist() == [1, 2, 3]
+
+
+def test_per_sample_generators_make_images_independent_of_batching():
+    oracle = GaussianDenoiser(MU, S)
+    gens = lambda seeds: [_gen(s) for s in seeds]
+    x = torch.zeros(4, 1, 2, 2)
+    whole = samplers.ddpm_ancestral(oracle, x, karras_sigmas(5), generator=gens([0, 1, 2, 3]))
+    half = samplers.ddpm_ancestral(oracle, x[2:], karras_sigmas(5), generator=gens([2, 3]))
+    assert torch.equal(whole[2:], half)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -35,7 +36,7 @@ def dry_run_or_start(command: str, config, out: Path, dry_run: bool, write_confi
         click.echo(json.dumps(resolved, indent=2, sort_keys=True))
         return False
     out.mkdir(parents=True, exist_ok=True)
-    if write_config:
+    if write_config and os.environ.get("RANK", "0") == "0":      # under Accelerate, rank 0 writes
         import torch
 
         from .. import __version__

@@ -12,7 +12,7 @@ import click
 from .common import dry_run_option, dry_run_or_start
 
 #: preset → (training steps, batch, FD sample count); sized for 2 CPU cores
-PRESETS = {"quick": dict(steps=1500, batch=128, n_fd=500), "full": dict(steps=8000, batch=128, n_fd=1000)}
+PRESETS = {"quick": dict(steps=300, batch=128, n_fd=500), "full": dict(steps=3000, batch=128, n_fd=1000)}
 
 
 @click.command("demo")

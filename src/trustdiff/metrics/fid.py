@@ -277,61 +277,141 @@ def _load_feature_net(folder: Path, spec: dict) -> FeatureNet:
 
 
 class InceptionFeatureNet(nn.Module):
-    """Pool-3 features (2048) of torch-fidelity's TF-compatible Inception-v3.
+    """Pool-3 features (2048) of the standard FID network,
+    :class:`trustdiff.nets.inception.FIDInceptionV3` with the pt_inception-2015-12-05 weights.
 
-    ``forward(x)``: x N×C×H×W in [0, 1], C in {1, 3} (grey is repeated to RGB), any H×W (resized
-    to 299 inside) → N×2048. Pixels are rounded to uint8 first, as when images are saved as PNG.
+    ``forward(x)``: x N×C×H×W in [0, 1], C in {1, 3} (grey is repeated to RGB), any H×W →
+    N×2048 float32 (on x's device, which must be the module's). Steps, as FID on images saved as PNG:
+
+    1. pixels are clamped and rounded to the 256 uint8 levels, v = round(255·x);
+    2. the image is resized to 299×299 bilinearly (skipped when it is 299×299 already);
+    3. values are scaled to about [-1, 1]; 4. the network runs up to its final average pool.
+
+    ``preprocess`` picks steps 2–3: ``"tf"`` (default) is TF 1.x ``resize_bilinear`` and
+    (v − 128)/128, as inside the TF graph and torch-fidelity's "inception-v3-compat";
+    ``"pytorch-fid"`` is ``F.interpolate(mode="bilinear", align_corners=False)`` and 2·v/255 − 1,
+    as pytorch-fid. They give slightly different features (most for images not already
+    299×299), so compare FIDs only within one choice.
+
+    Always in eval mode, parameters frozen, so features never depend on the batch.
     """
 
-    num_features = 2048
+    num_features = 2048  # read by torchmetrics
+    PREPROCESS = ("tf", "pytorch-fid")
 
-    def __init__(self, extractor: nn.Module):
+    def __init__(self, net: nn.Module, *, preprocess: str = "tf"):
         super().__init__()
-        self.extractor = extractor
+        if preprocess not in self.PREPROCESS:
+            raise InputError(f"preprocess: expected one of {', '.join(self.PREPROCESS)}, got {preprocess!r}")
+        self.net = net
+        self.preprocess = preprocess
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "InceptionFeatureNet":
+        """Stay in eval mode whatever is asked."""
+        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x N×C×H×W in [0, 1] → N×2048."""
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-        return self.extractor(u8)[0].reshape(len(x), -1)
+        """x N×C×H×W in [0, 1] → features N×2048."""
+        from ..nets.inception import INPUT_SIZE, resize_bilinear_tf1
+
+        check_images(x, name="images", channels=(1, 3), check_range=False)
+        dtype = next(self.net.parameters()).dtype
+        v = (x.to(dtype).clamp(0, 1) * 255).round().expand(-1, 3, -1, -1)  # uint8 levels, as floats
+        resize = tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE)
+        if self.preprocess == "tf":
+            v = resize_bilinear_tf1(v, INPUT_SIZE) if resize else v
+            v = (v - 128.0) / 128.0
+        else:
+            v = v / 255.0
+            if resize:
+                v = nn.functional.interpolate(v, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            v = 2.0 * v - 1.0
+        return self.net(v).float()
 
 
-def inception_feature_net(weights_path) -> InceptionFeatureNet:
+def inception_feature_net(weights_path, *, allow_pickle: bool = False, preprocess: str = "tf") -> InceptionFeatureNet:
     """The standard FID network, "pt_inception-2015-12-05", from a local weights file.
 
-    Needs ``torch_fidelity.feature_extractor_inceptionv3.FeatureExtractorInceptionV3`` and the file
-    ``weights-inception-2015-12-05-6726825d.pth`` that torch-fidelity publishes (nothing is
-    downloaded here). trustdiff does not install torch-fidelity: its package ``__init__`` imports
-    torchvision (torch-fidelity 0.3 and 0.4), which trustdiff deliberately leaves out; installed
-    without torchvision it also breaks ``import torchmetrics``.
+    Nothing is downloaded and neither torchvision nor torch-fidelity is needed. The published file
+    ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid; torch-fidelity's
+    ``weights-inception-2015-12-05-6726825d.pth`` is the same file) is a pickle: load it with
+    ``allow_pickle=True`` (``torch.load(weights_only=True)`` is tried first, which suffices for a
+    plain state dict), or better convert it once with :func:`convert_inception_weights` and load the
+    ``.safetensors`` without the flag.
+
+    Args:
+        weights_path: ``.safetensors`` (or a pickle with ``allow_pickle``).
+        preprocess: ``"tf"`` or ``"pytorch-fid"``, see :class:`InceptionFeatureNet`.
+
+    Returns:
+        An :class:`InceptionFeatureNet` on the CPU, eval mode.
 
     Raises:
-        InputError: the file is missing, or torch-fidelity cannot be imported here.
-        CheckpointError: the file is not a plain tensor state dict of that network.
+        InputError: the file is missing.
+        UnsafeFileError: a pickle without ``allow_pickle``.
+        CheckpointError: a corrupt file, or one that is not this network (strict: missing,
+            unexpected or mis-shaped keys), in one line naming the file.
+
+    Without the real file here, the strict load of that exact file and numerical agreement with
+    TF-FID are not verified in this repository (names and shapes follow pytorch-fid's source).
     """
+    from ..checkpoint import load_state_dict_file
+    from ..nets.inception import FIDInceptionV3, load_inception_state
+
     path = Path(weights_path)
     if not path.is_file():
-        raise InputError(f"inception weights: no file at {path} (expected weights-inception-2015-12-05-6726825d.pth)")
-    try:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-    except ImportError as e:
-        raise InputError(
-            f"inception_feature_net needs torch-fidelity, which cannot be imported here ({e}): it imports "
-            "torchvision, which trustdiff leaves out; use FD with a FeatureNet, or compute FID in an "
-            "environment with torchvision and torch-fidelity"
-        ) from None
-    try:  # torch-fidelity loads with weights_only=False; make sure the file holds tensors only
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"inception weights {path}: not a plain tensor state dict ({type(e).__name__})") from None
-    try:
-        extractor = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
-        )
-    except RuntimeError as e:
-        raise CheckpointError(f"inception weights {path}: not the pt_inception-2015-12-05 network ({e})") from None
-    return InceptionFeatureNet(extractor)
+        raise InputError(f"inception weights: no file at {path} (expected pt_inception-2015-12-05-6726825d.pth "
+                         "or its conversion by convert_inception_weights)")
+    if preprocess not in InceptionFeatureNet.PREPROCESS:
+        raise InputError(f"preprocess: expected one of {', '.join(InceptionFeatureNet.PREPROCESS)}, got {preprocess!r}")
+    state = load_state_dict_file(path, allow_pickle=allow_pickle)
+    net = FIDInceptionV3()
+    load_inception_state(net, state, source=path)
+    return InceptionFeatureNet(net, preprocess=preprocess)
+
+
+def convert_inception_weights(pth_path, out_safetensors) -> Path:
+    """Convert the pickled pt_inception weights file once into ``out_safetensors`` (written
+    atomically), so that :func:`inception_feature_net` loads it without ``allow_pickle``.
+
+    The pickle is loaded with ``allow_pickle=True`` (``weights_only=True`` first) and checked
+    strictly against the network before anything is written. The safetensors metadata records the
+    source file name and its SHA-256; a warning is issued when that SHA-256 does not start with
+    ``6726825d`` (the published file's name suffix, by torch.hub's naming convention).
+
+    Returns:
+        The output path. Raises InputError (missing input, output not ``.safetensors``) or
+        CheckpointError (not this network), in one line.
+    """
+    import hashlib
+    import warnings
+
+    from safetensors.torch import save
+
+    from ..checkpoint import load_state_dict_file
+    from ..nets.inception import WEIGHTS_SHA256_PREFIX, FIDInceptionV3, load_inception_state
+
+    src, out = Path(pth_path), Path(out_safetensors)
+    if not src.is_file():
+        raise InputError(f"inception weights: no file at {src}")
+    if out.suffix.lower() != ".safetensors":
+        raise InputError(f"convert_inception_weights: the output must end in .safetensors, got {out}")
+    net = FIDInceptionV3()
+    load_inception_state(net, load_state_dict_file(src, allow_pickle=True), source=src)
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if not digest.startswith(WEIGHTS_SHA256_PREFIX):
+        warnings.warn(f"{src}: SHA-256 {digest[:16]}… does not start with {WEIGHTS_SHA256_PREFIX}; it loads into the "
+                      "network but may not be the published pt_inception-2015-12-05 weights", stacklevel=2)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write_bytes(out, save(state, metadata={"source": src.name, "source_sha256": digest,
+                                                  "network": "pt_inception-2015-12-05"}))
+    return out
 
 
 def fd_report(train, test, fake_x: torch.Tensor, *, cache_dir, feature_steps: int = 1000, seed: int = 0) -> dict:

@@ -17,7 +17,6 @@ from trustdiff.metrics.fid import (
     fd_name,
     feature_stats,
     frechet_distance,
-    inception_feature_net,
 )
 from trustdiff.nets import SmallCNN
 

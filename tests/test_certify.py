@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from scipy.stats import beta, binom, binomtest, norm
 from torch import nn
 
-from trustdiff.certify import (DenoisedClassifier, Smooth, certify_set, classifier_config, classifier_loss_fn,
-                               load_classifier, lower_confidence_bound, max_radius, min_count_to_certify,
-                               model_sigma, report, save_classifier, select_indices, train_classifier)
+from trustdiff.certify import (DenoisedClassifier, Smooth, certify_set, lower_confidence_bound, max_radius,
+                               min_count_to_certify, model_sigma, report, select_indices)
+from trustdiff.train.classifier import (classifier_config, classifier_loss_fn, load_classifier, save_classifier,
+                                        train_classifier)
 from trustdiff.certify.evaluate import Row
 from trustdiff.diffusion import DiffusersDenoiser, GaussianDenoiser, ddpm_alphas_cumprod
 from trustdiff.errors import CheckpointError, InputError

@@ -401,7 +401,7 @@ def _short(keys, n: int = 3) -> str:
     return "[" + ", ".join(repr(k) for k in keys[:n]) + more + "]"
 
 
-def _load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, where: Path, name: str) -> None:
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, where: Path, name: str) -> None:
     """``load_state_dict(strict=True)``, with any mismatch reported as one CheckpointError line."""
     own = module.state_dict()
     missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
@@ -444,7 +444,7 @@ def load_checkpoint(path, modules: Mapping[str, nn.Module], *, verify: bool = Tr
     manifest = _read_manifest(path)
     _verify_files(path, manifest, hashes=verify)
     for name, module in modules.items():
-        _load_strict(module, _module_state_dict(path, name), where=path, name=name)
+        load_strict(module, _module_state_dict(path, name), where=path, name=name)
     tensors = _load_safetensors(path / STATE_TENSORS)
     try:
         state = json.loads((path / STATE_JSON).read_text())

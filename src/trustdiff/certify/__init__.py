@@ -6,11 +6,11 @@ diffusion model in front of an off-the-shelf classifier (Carlini et al. 2023).
     g = Smooth(f, num_classes=10, sigma=0.25)
     c, radius = g.certify(x, n0=100, n=10_000, alpha=0.001, batch_size=1000, generator=gen)
 
+Base classifiers (standard and noise-trained) are trained by :mod:`trustdiff.train.classifier`.
+
 Images are C×H×W (one) or N×C×H×W in [0, 1]; σ and radii are in [0, 1]-pixel units.
 """
 from . import report
-from .baselines import (accuracy, classifier_config, classifier_loss_fn, load_classifier, save_classifier,
-                        train_classifier)
 from .denoised import DenoisedClassifier, model_sigma
 from .evaluate import Row, certify_set, select_indices
 from .report import merge_shards
@@ -21,6 +21,5 @@ __all__ = [
     "Smooth", "lower_confidence_bound", "certified_radius", "max_radius", "min_count_to_certify",
     "check_certify_arguments",
     "DenoisedClassifier", "model_sigma",
-    "train_classifier", "classifier_loss_fn", "save_classifier", "load_classifier", "classifier_config", "accuracy",
     "Row", "certify_set", "select_indices", "merge_shards", "report",
 ]

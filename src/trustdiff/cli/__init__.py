@@ -19,9 +19,9 @@ def cli():
 
 
 def _register():
-    from . import demo, diffusion
+    from . import certify, demo, diffusion
 
-    for mod in (diffusion, demo):
+    for mod in (diffusion, certify, demo):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

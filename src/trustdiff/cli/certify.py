@@ -26,7 +26,7 @@ def train_classifier_cmd(data, resolution, noise_sigma, width, steps, batch_size
     written to OUT/classifier."""
     import torch
 
-    from ..certify import accuracy, train_classifier
+    from ..train.classifier import accuracy, train_classifier
     from ..checkpoint import atomic_write_json
     from ..data import load
     from ..errors import InputError
@@ -108,8 +108,8 @@ def certify_cmd(classifier_dir, denoiser_dir, denoise_steps, data, split, sigma,
     OUT/certify-shard-i-of-k.tsv; merge with `trustdiff certify-merge OUT`."""
     import torch
 
-    from ..certify import (DenoisedClassifier, Smooth, certify_set, check_certify_arguments, classifier_config,
-                           load_classifier, report, select_indices)
+    from ..certify import DenoisedClassifier, Smooth, certify_set, check_certify_arguments, report, select_indices
+    from ..train.classifier import classifier_config, load_classifier
     from ..data import load
     from ..errors import InputError
 

@@ -158,11 +158,6 @@ class FeatureNet(nn.Module):
         return self.classifier.features(x)
 
 
-def _xent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator=None) -> torch.Tensor:
-    """Per-sample cross-entropy [N] of the classifier's logits."""
-    return nn.functional.cross_entropy(model(x), y, reduction="none")
-
-
 def train_feature_net(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -189,13 +184,14 @@ def train_feature_net(
         A :class:`FeatureNet` (eval mode) on x's device.
     """
     from ..train import TrainConfig, fit  # plumbing: imported only when training
+    from ..train.classifier import classifier_loss_fn
 
     x = check_images(x, name="x_train")
     _check_labels(x, y)
     net = SmallCNN(**_net_config(x, y, width, num_classes)).to(x.device)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
                       warmup_steps=min(100, steps // 10))
-    result = fit(net, _xent, (x, y.long()), cfg, run_dir, resume=resume)
+    result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume)
     return FeatureNet(result.model)  # the raw weights: a classifier needs no EMA to give features
 
 

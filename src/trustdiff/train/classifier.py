@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import _load_strict, atomic_write_bytes, atomic_write_json, load_state_dict_file
+from ..checkpoint import load_strict, atomic_write_bytes, atomic_write_json, load_state_dict_file
 from ..errors import CheckpointError, InputError
 from ..nets import CLASSIFIERS, SmallCNN
+from .config import TrainConfig
+from .loop import fit
 
 FORMAT = "trustdiff.classifier/1"
 CLASSIFIER_DIR = "classifier"     # the folder train_classifier writes inside its run folder
@@ -53,8 +55,6 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, run_dir, noise_sigma: 
         run_dir: the training run folder (config, metrics.jsonl, checkpoints, classifier/).
         meta: extra JSON-able keys for the classifier's config.json (e.g. ``data="digits"``).
     """
-    from ..train import TrainConfig, fit   # plumbing, imported only here: the math never needs it
-
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         raise InputError(f"x: expected square images N×C×H×W, got shape {tuple(x.shape)}")
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup_steps=min(200, steps // 10),
@@ -121,7 +121,7 @@ def load_classifier(folder) -> nn.Module:
         net = CLASSIFIERS[arch](**{k: v for k, v in cfg.items() if k in params})
     except (InputError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG}: cannot build {arch!r} ({e})") from None
-    _load_strict(net, load_state_dict_file(folder / WEIGHTS), where=folder, name="classifier")
+    load_strict(net, load_state_dict_file(folder / WEIGHTS), where=folder, name="classifier")
     return net.eval().requires_grad_(False)
 
 

@@ -158,7 +158,7 @@ class DiffusersDenoiser(nn.Module):
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """σ at a (fractional) timestep, interpolating log σ_t linearly."""
-        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, len(self.log_sigmas) - 1)
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.log_sigmas.device).clamp(0, len(self.log_sigmas) - 1)
         lo = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
         w = t - lo
         return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[lo + 1]).exp()
@@ -166,7 +166,7 @@ class DiffusersDenoiser(nn.Module):
     def timestep_at_least(self, sigma) -> torch.Tensor:
         """The smallest discrete t with σ_t ≥ σ (never less noise than asked for). Raises
         ValueError when σ exceeds the schedule's σ_max."""
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        s = torch.as_tensor(sigma, dtype=torch.float64, device=self.log_sigmas.device).reshape(-1)
         if bool((s > self.sigma_max * (1 + 1e-12)).any()):
             raise ValueError(f"sigma {float(s.max()):.4g} exceeds the schedule's maximum {self.sigma_max:.4g}")
         return torch.searchsorted(self.log_sigmas, s.clamp_min(1e-30).log().contiguous())

@@ -130,3 +130,12 @@ def test_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trustdiff.cli", "generate", "--model", str(tmp_path / "none"),
                         "--out", str(tmp_path / "g")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "none" in r.stderr
+
+
+def test_train_nproc_2_runs_the_same_command_in_two_processes(tmp_path):
+    out = tmp_path / "np2"
+    assert main(["train", *TINY, "--nproc", "2", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train_run"]["world_size"] == 2
+    assert (out / "model" / "trustdiff.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000002", "step-00000004"]

@@ -31,8 +31,9 @@ _register()
 
 def main(argv=None) -> int:
     """Console entry point: runs the CLI, turning user errors into one line and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=argv, standalone_mode=False, obj={"argv": argv})
     except TrustdiffError as e:
         click.echo(f"error: {e}", err=True)
         return 2

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import sys
 import time
 from pathlib import Path
 
@@ -10,6 +9,19 @@ import click
 import numpy as np
 
 from .common import dry_run_option, dry_run_or_start
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """argv with ``name VALUE`` / ``name=VALUE`` removed."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 @click.command("train")
@@ -36,13 +48,13 @@ def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps
     from ..train import TrainConfig
     from ..train.diffusion import DiffusionJob, prepare_diffusion, train_diffusion
 
-    if nproc > 1:
+    if nproc > 1:                                  # rerun this command in nproc processes
         from ..train import launch
 
-        argv = [a for a in sys.argv[1:]]
-        i = argv.index("--nproc")
-        del argv[i: i + 2]
-        raise SystemExit(launch(nproc, ["-m", "trustdiff.cli", *argv]))
+        code = launch(nproc, ["-m", "trustdiff.cli", *_without_option(click.get_current_context().obj["argv"], "--nproc")])
+        if code:
+            raise click.ClickException(f"training under {nproc} processes failed (exit code {code})")
+        return
     job = DiffusionJob(data=data, resolution=resolution, precond=precond, size=size, conditional=conditional,
                        label_dropout=label_dropout,
                        train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,

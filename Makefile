@@ -24,8 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# ~60 min of training/sampling, then ~35 min of certification (uses the model the first writes)
 bench: $(STAMP)
 	$(BIN)/python bench/train_digits.py
+	$(BIN)/python bench/certify_digits.py --denoiser bench/results/train_digits/train/model
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

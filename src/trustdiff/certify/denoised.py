@@ -38,9 +38,8 @@ def model_sigma(denoiser, sigma: float) -> float:
     s = sigma_to_model(check_sigma(sigma))
     if not hasattr(denoiser, "timestep_at_least"):
         return s
-    table = next(iter(denoiser.buffers()), None) if isinstance(denoiser, nn.Module) else None
-    try:    # ask on the schedule's own device (a CUDA model keeps its σ table there)
-        t = denoiser.timestep_at_least(torch.tensor(s, dtype=torch.float64, device=getattr(table, "device", None)))
+    try:
+        t = denoiser.timestep_at_least(s)
     except ValueError as e:
         raise InputError(f"sigma: {sigma} (model units {s:.4g}) is beyond this diffusion model's noise range ({e})") from None
     return max(float(denoiser.sigmas[int(t.reshape(-1)[0])]), s)

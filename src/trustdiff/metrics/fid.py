@@ -27,7 +27,7 @@ from ..images import check_images
 from ..nets.classifier import SmallCNN
 
 #: bump when the feature-net architecture or its training recipe changes (invalidates caches)
-FEATURE_NET_VERSION = 2  # 2: EMA weights from train_classifier, cached under train/classifier
+FEATURE_NET_VERSION = 1
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -158,27 +158,41 @@ class FeatureNet(nn.Module):
         return self.classifier.features(x)
 
 
-def train_feature_net(x: torch.Tensor, y: torch.Tensor, *, run_dir, steps: int, seed: int, batch_size: int = 128,
-                      lr: float = 1e-3, width: int = 32, resume: bool = False) -> FeatureNet:
-    """Train a :class:`SmallCNN` on (x, y) with the toolkit's classifier trainer
-    (:func:`trustdiff.train.classifier.train_classifier`, which saves it to ``run_dir/classifier``)
-    and wrap it.
+def train_feature_net(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    run_dir,
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    width: int = 32,
+    num_classes: int | None = None,
+    resume: bool = False,
+) -> FeatureNet:
+    """Train a :class:`SmallCNN` classifier on (x, y) with ``trustdiff.train.fit`` and wrap it.
 
     Args:
         x: training images N×C×H×W in [0, 1], square, H divisible by 4.
         y: labels, integer tensor [N] in [0, K).
+        run_dir: the training run folder (checkpoints, log).
+        num_classes: K; default ``y.max() + 1``.
         resume: continue a run that ``run_dir`` already holds (``fit`` refuses one otherwise).
 
     Returns:
         A :class:`FeatureNet` (eval mode) on x's device.
     """
-    from ..train.classifier import train_classifier  # plumbing: imported only when training
+    from ..train import TrainConfig, fit  # plumbing: imported only when training
+    from ..train.classifier import classifier_loss_fn
 
     x = check_images(x, name="x_train")
     _check_labels(x, y)
-    net = train_classifier(x, y.long(), run_dir=run_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                           width=width, resume=resume, progress=False)
-    return FeatureNet(net)
+    net = SmallCNN(**_net_config(x, y, width, num_classes)).to(x.device)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+                      warmup_steps=min(100, steps // 10))
+    result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume)
+    return FeatureNet(result.model)  # the raw weights: a classifier needs no EMA to give features
 
 
 def _check_labels(x: torch.Tensor, y) -> None:
@@ -206,10 +220,9 @@ def cached_feature_net(
     lr: float = 1e-3,
     width: int = 32,
 ) -> FeatureNet:
-    """:func:`train_feature_net`, cached in ``cache_dir/<key>/`` (the training run in ``train/``,
-    its classifier in ``train/classifier/``, and ``config.json`` written last), where key hashes
-    (``content_hash`` of the data, net config, train config). A folder with a ``config.json`` is
-    reused without training.
+    """:func:`train_feature_net`, cached in ``cache_dir/<key>/`` (``model.safetensors`` +
+    ``config.json``), where key hashes (``content_hash`` of the data, net config, train config).
+    A folder with both files is reused without training.
 
     Args:
         x_train: images N×C×H×W in [0, 1]; y_train: integer labels [N].
@@ -227,11 +240,15 @@ def cached_feature_net(
     spec = dict(arch=SmallCNN.arch, data=content_hash, net=net_cfg, train=train_cfg, version=FEATURE_NET_VERSION)
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / key
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return _load_feature_net(folder, spec).to(x_train.device)
 
-    net = train_feature_net(x_train, y_train, run_dir=folder / "train", width=width, resume=True,
-                            **train_cfg)  # resume: an interrupted run goes on
+    net = train_feature_net(x_train, y_train, run_dir=folder / "train", num_classes=net_cfg["num_classes"],
+                            width=width, resume=True, **train_cfg)  # resume: an interrupted run goes on
+    state = {k: v.detach().cpu().contiguous() for k, v in net.classifier.state_dict().items()}
+    from safetensors.torch import save
+
+    atomic_write_bytes(folder / "model.safetensors", save(state))
     with torch.no_grad():  # a sanity figure for the report: does the feature net classify?
         acc = float((net.classifier(x_train[:2048]).argmax(1) == y_train[:2048].to(x_train.device)).float().mean())
     atomic_write_json(folder / "config.json", dict(spec, train_accuracy=acc))  # written last: marks complete
@@ -240,12 +257,19 @@ def cached_feature_net(
 
 def _load_feature_net(folder: Path, spec: dict) -> FeatureNet:
     """Rebuild a cached :class:`FeatureNet` from ``folder``; CheckpointError if it doesn't fit."""
-    from ..train.classifier import load_classifier
+    from safetensors.torch import load
 
     cfg = json.loads((folder / "config.json").read_text())
     if any(cfg.get(k) != v for k, v in spec.items()):
         raise CheckpointError(f"feature net cache {folder}: config.json does not match the requested net")
-    return FeatureNet(load_classifier(folder / "train"))
+    net = SmallCNN(**cfg["net"])
+    try:
+        net.load_state_dict(load((folder / "model.safetensors").read_bytes()))
+    except Exception as e:  # torn or foreign file: name it, in one line
+        raise CheckpointError(
+            f"feature net cache {folder}: model.safetensors does not load ({type(e).__name__})"
+        ) from None
+    return FeatureNet(net)
 
 
 class InceptionFeatureNet(nn.Module):

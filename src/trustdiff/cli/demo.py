@@ -29,6 +29,7 @@ def demo_cmd(preset, out, seed, dry_run):
     from ..diffusion.model import load_model, sample
     from ..diffusion.samplers import nfe
     from ..images import make_grid, save_png
+    from ..metrics.fid import fd_report
     from ..train import TrainConfig
     from ..train.diffusion import DiffusionJob, train_diffusion
 
@@ -48,19 +49,14 @@ def demo_cmd(preset, out, seed, dry_run):
         grid = sample(den, spec, range(100), labels=labels, steps=18)
     save_png(out / "samples_by_class.png", make_grid(grid, nrow=10))
     metrics = {"preset": preset, "train_steps": p["steps"], "nfe": nfe("heun", 18)}
-    try:
-        from ..metrics.fid import fd_report
-
-        test = load("digits", resolution=16, split="test", seed=seed)
-        train = load("digits", resolution=16, split="train", seed=seed)
-        n = p["n_fd"]
-        y = torch.arange(n) % 10
-        with torch.no_grad():
-            fake = torch.cat([sample(den, spec, range(10_000 + i, 10_000 + min(i + 250, n)), labels=y[i: i + 250], steps=18)
-                              for i in range(0, n, 250)])
-        metrics |= fd_report(train, test, fake, cache_dir=out / "cache")
-    except ImportError as e:                       # FD arrives with trustdiff.metrics
-        metrics["fd"] = f"unavailable: {e}"
+    test = load("digits", resolution=16, split="test", seed=seed)
+    train = load("digits", resolution=16, split="train", seed=seed)
+    n = p["n_fd"]
+    y = torch.arange(n) % 10
+    with torch.no_grad():
+        fake = torch.cat([sample(den, spec, range(10_000 + i, 10_000 + min(i + 250, n)), labels=y[i: i + 250], steps=18)
+                          for i in range(0, n, 250)])
+    metrics |= fd_report(train, test, fake, cache_dir=out / "cache")
     metrics["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "metrics.json", metrics)
     click.echo(f"done in {metrics['seconds']}s: {out / 'samples_by_class.png'}, {out / 'metrics.json'}")

@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# torch first, from the pinned CPU build, so no dependency pulls a CUDA torch
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# torchattacks (a cross-check for our attacks) declares torchvision, which would pull a CUDA torch
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 demo: $(STAMP)

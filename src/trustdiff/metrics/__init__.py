@@ -1,4 +1,4 @@
-"""Metrics: Fréchet distance with a pluggable feature network (more to come)."""
+"""Metrics: Fréchet distance with a pluggable feature network; intervals for proportions."""
 from .fid import (
     FeatureNet,
     InceptionFeatureNet,
@@ -12,8 +12,11 @@ from .fid import (
     inception_feature_net,
     train_feature_net,
 )
+from .intervals import clopper_pearson, proportion
 
 __all__ = [
+    "clopper_pearson",
+    "proportion",
     "FeatureNet",
     "InceptionFeatureNet",
     "cached_feature_net",

@@ -1,4 +1,4 @@
-"""Metrics: Fréchet distance with a pluggable feature network; intervals for proportions."""
+"""Metrics: Fréchet distance with a pluggable feature network; intervals for proportions; PSNR and SSIM."""
 from .fid import (
     FeatureNet,
     InceptionFeatureNet,
@@ -13,10 +13,13 @@ from .fid import (
     train_feature_net,
 )
 from .intervals import clopper_pearson, proportion
+from .quality import psnr, ssim
 
 __all__ = [
     "clopper_pearson",
     "proportion",
+    "psnr",
+    "ssim",
     "FeatureNet",
     "InceptionFeatureNet",
     "cached_feature_net",

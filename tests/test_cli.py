@@ -139,3 +139,22 @@ def test_train_nproc_2_runs_the_same_command_in_two_processes(tmp_path):
     assert cfg["train_run"]["world_size"] == 2
     assert (out / "model" / "trustdiff.json").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000002", "step-00000004"]
+
+
+def test_purify_eval_writes_a_checked_report(tmp_path, trained, capsys):
+    clf_run = tmp_path / "clf"
+    assert main(["train-classifier", "--resolution", "8", "--steps", "3", "--width", "4", "--out", str(clf_run)]) == 0
+    out = tmp_path / "purify"
+    code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "0.1",
+                 "--steps", "2", "--attack", "pgd-eot", "--attack", "bpda", "--pgd-steps", "2", "--eot", "2",
+                 "--images", "6", "--n-check", "4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    m = json.loads((out / "metrics.json").read_text())
+    d = m["diffpure"]
+    assert d["randomized"] and d["n"] == 6 and len(d["attacks"]) == 2
+    assert {c["name"].split(" ")[0] for c in d["checks"]} >= {"randomness", "gradients", "bounds", "eps0", "convergence"}
+    assert "Verdict" in (out / "report.md").read_text()
+    code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "2",
+                 "--out", str(tmp_path / "bad")])
+    assert "t_star" in _one_line_error(capsys, code) and not (tmp_path / "bad").exists()

@@ -19,9 +19,9 @@ def cli():
 
 
 def _register():
-    from . import certify, demo, diffusion
+    from . import certify, demo, diffusion, purify
 
-    for mod in (diffusion, certify, demo):
+    for mod in (diffusion, certify, purify, demo):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

@@ -26,10 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# ~60 min of training/sampling, then ~35 min of certification (uses the model the first writes)
+# ~60 min of training/sampling, then ~35 min of certification and ~60 min of DiffPure under
+# adaptive attacks (both use the model the first writes; purification reuses certification's classifier)
 bench: $(STAMP)
 	$(BIN)/python bench/train_digits.py
 	$(BIN)/python bench/certify_digits.py --denoiser bench/results/train_digits/train/model
+	$(BIN)/python bench/purify_digits.py --denoiser bench/results/train_digits/train/model
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

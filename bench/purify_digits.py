@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--n-check", type=int, default=16, help="images the expensive soundness checks use")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", default="undefended,diffpure,autoattack,cost",
+                    help="the parts to run (a rerun of some parts keeps the others' results in --json)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/purify_digits.json"))
     args = ap.parse_args()
     if not (args.denoiser / "trustdiff.json").is_file() and not (args.denoiser / "model" / "trustdiff.json").is_file():
@@ -122,13 +124,37 @@ def main():
     results = {"config": vars(args) | {"denoiser": str(args.denoiser), "classifier": str(args.classifier),
                                        "json": str(args.json), "indices": idx.tolist(), "torch_threads": torch.get_num_threads()},
                "undefended": {}, "diffpure": {}, "bpda": {}, "autoattack_rand": {}, "cost": []}
+    parts = set(args.parts.split(","))
+    if args.json.is_file() and parts != {"undefended", "diffpure", "autoattack", "cost"}:
+        kept = json.loads(args.json.read_text())
+        for key, part in (("undefended", "undefended"), ("diffpure", "diffpure"), ("bpda", "diffpure"),
+                          ("autoattack_rand", "autoattack"), ("cost", "cost")):
+            if part not in parts and key in kept:
+                results[key] = kept[key]
 
     # (a) undefended
+    if "undefended" in parts:
+        undefended(results, clf, x, y, args, common)
+    if "diffpure" in parts:
+        diffpure(results, clf, den, x, y, args, common)
+    if "autoattack" in parts:
+        autoattack_rand(results, clf, den, x, y, args, common)
+    if "cost" in parts:
+        cost(results, clf, den, x, y, args, common)
+    results["seconds"] = time.perf_counter() - t_all
+    write(results, args.json)
+    print(summary_markdown(results))
+
+
+def undefended(results, clf, x, y, args, common):
     attacks = attacks_for(args, randomized=False) + [autoattack_attack(eps=args.eps_linf, norm="linf", version="standard"),
                                                      autoattack_attack(eps=args.eps_l2, norm="l2", version="standard")]
     results["undefended"], dt = timed("undefended", lambda: evaluate(clf, x, y, attacks, **common))
     results["undefended"]["seconds"] = dt
+    write(results, args.json)
 
+
+def diffpure(results, clf, den, x, y, args, common):
     # (b) DiffPure, full-gradient PGD-EOT; (c) BPDA
     l2_t = {str(float(t)) for t in args.l2_t_stars.split(",") if t}
     for t_star in [float(t) for t in args.t_stars.split(",")]:
@@ -140,6 +166,8 @@ def main():
         results["bpda"][str(t_star)] = rep | {"seconds": dt, "purifier": f.config}
         write(results, args.json)
 
+
+def autoattack_rand(results, clf, den, x, y, args, common):
     # AutoAttack-rand on a subset
     f = PurifiedClassifier(clf, den, args.aa_t_star, solver=args.solver, steps=args.steps)
     n_aa = min(args.aa_images, len(x))
@@ -148,6 +176,8 @@ def main():
     results["autoattack_rand"][str(args.aa_t_star)] = rep | {"seconds": dt, "purifier": f.config}
     write(results, args.json)
 
+
+def cost(results, clf, den, x, y, args, common):
     # (d) the cost question
     n_c = min(args.cost_images, len(x))
     for item in args.cost_solvers.split(","):
@@ -165,10 +195,6 @@ def main():
             entry |= {"report": rep, "attack_seconds_per_image": dt / n_c}
         results["cost"].append(entry)
         write(results, args.json)
-
-    results["seconds"] = time.perf_counter() - t_all
-    write(results, args.json)
-    print(summary_markdown(results))
 
 
 def write(results: dict, path: Path) -> None:

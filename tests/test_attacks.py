@@ -169,15 +169,13 @@ def test_checks_fire_on_a_randomized_model_attacked_without_eot():
 
 def test_checks_fire_on_an_attack_that_has_not_converged():
     net, x, y = _trained_mlp()
-    # a tiny fixed step: 1 step moves 0.005 of the 0.2 budget, 2 steps twice that
-    weak = pgd_attack(0.2, "linf", 1, alpha=0.005)
-    rep = evaluate(net, x[:32], y[:32], [pgd_attack(0.2, "linf", 1, alpha=0.2 * 2.5)], n_check=32, checks=False)
-    assert rep["attacks"][0]["robust"]["value"] < rep["clean"]["value"]      # the budget can break the model
-    strong_steps = pgd_attack(0.2, "linf", 100, alpha=0.005)
-    a = evaluate(net, x[:32], y[:32], [weak], n_check=32, checks=False)["attacks"][0]["robust"]["value"]
-    b = evaluate(net, x[:32], y[:32], [strong_steps], n_check=32, checks=False)["attacks"][0]["robust"]["value"]
-    assert b < a - 0.1                                                        # the planted fault is real
-    rep = evaluate(net, x[:32], y[:32], [pgd_attack(0.2, "linf", 40, alpha=0.0005)], n_check=32)
+    # the planted fault: 40 steps of 0.0015 cover 0.06 of the 0.2 budget, 80 steps 0.12 — past the
+    # half-gap (0.1) between the classes, so twice the steps break far more
+    weak = pgd_attack(0.2, "linf", 40, alpha=0.0015)
+    a = evaluate(net, x[:32], y[:32], [weak], checks=False)["attacks"][0]["robust"]["value"]
+    b = evaluate(net, x[:32], y[:32], [pgd_attack(0.2, "linf", 80, alpha=0.0015)], checks=False)["attacks"][0]["robust"]["value"]
+    assert b < a - 0.1                                                        # the fault is real
+    rep = evaluate(net, x[:32], y[:32], [weak], n_check=32)
     assert "convergence" in _failed(rep)
 
 

@@ -3,8 +3,8 @@ targeted, CE/CW/KL), BPDA, AutoAttack through the original code, and soundness c
 from .autoattack import autoattack, torchattacks_pgd
 from .bpda import BPDA, BPDAClassifier
 from .evaluate import Attack, autoattack_attack, bpda_attack, correct, evaluate, is_randomized, pgd_attack, to_markdown
-from .pgd import attack_loss, input_gradient, margin, pgd, project, random_start
+from .pgd import attack_loss, input_gradient, margin, pgd, project, random_init
 
 __all__ = ["autoattack", "torchattacks_pgd", "BPDA", "BPDAClassifier", "Attack", "autoattack_attack", "bpda_attack",
            "correct", "evaluate", "is_randomized", "pgd_attack", "to_markdown", "attack_loss", "input_gradient",
-           "margin", "pgd", "project", "random_start"]
+           "margin", "pgd", "project", "random_init"]

@@ -135,7 +135,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
     out = {"n": n, "randomized": randomized, "clean": proportion(int(clean.sum()), n),
            "scoring": "one forward pass per input" + (" (randomized model: fresh noise each pass)" if randomized else ""),
            "attacks": [], "checks": []}
-    in_bounds = True
+    in_bounds, robust_masks = True, []
     for atk in attacks:
         t = time.perf_counter()
         x_adv = _batched_attack(atk, model, x, y, gen, batch_size)
@@ -144,32 +144,33 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
         worst &= robust
         ok = _within(x_adv, x, atk.eps, atk.norm)
         in_bounds &= ok
+        robust_masks.append(robust[:k])
         out["attacks"].append({**atk.config(), "robust": proportion(int(robust.sum()), n), "seconds": sec,
-                               "in_bounds": ok, "_robust_mask": robust})
+                               "in_bounds": ok})
     out["worst_case"] = proportion(int(worst.sum()), n)
-    out["_worst_mask"] = worst
     if checks:
-        out["checks"] = _soundness(model, x[:k], y[:k], attacks, out, randomized, gen, batch_size, steps_margin, in_bounds)
+        out["checks"] = _soundness(model, x[:k], y[:k], attacks, robust_masks, worst[:k], randomized, gen, batch_size,
+                                   steps_margin, in_bounds)
     out["n_check"] = k
-    out.pop("_worst_mask")
-    for a in out["attacks"]:
-        a.pop("_robust_mask")
     failed = [c for c in out["checks"] if not c["passed"]]
     out["reliable"] = not failed
     out["unreliable_reasons"] = [f"{c['name']}: {c['detail']}" for c in failed]
     return out
 
 
-def _soundness(model, x, y, attacks, out, randomized, gen, batch_size, steps_margin, in_bounds) -> list[dict]:
+def _soundness(model, x, y, attacks, robust_masks, worst_mask, randomized, gen, batch_size, steps_margin,
+               in_bounds) -> list[dict]:
+    """The checks on the first k examples; ``robust_masks`` / ``worst_mask``: the main run's
+    results on those examples."""
     k = len(x)
     res = []
     clean_k = correct(model, x, y, batch_size)
     clean_p = proportion(int(clean_k.sum()), k)
-    worst_k = proportion(int(out["_worst_mask"][:k].sum()), k)
+    worst_k = proportion(int(worst_mask.sum()), k)
 
     def acc(atk):
         x_adv = _batched_attack(atk, model, x, y, gen, batch_size)
-        return proportion(int((clean_k & correct(model, x_adv, y, batch_size)).sum()), k), x_adv
+        return proportion(int((clean_k & correct(model, x_adv, y, batch_size)).sum()), k)
 
     # randomness ⇒ EOT
     if randomized:
@@ -185,15 +186,15 @@ def _soundness(model, x, y, attacks, out, randomized, gen, batch_size, steps_mar
     res.append(_check("gradients", frac >= 0.95, f"{frac:.0%} of {k} examples have a finite non-zero input gradient"))
     res.append(_check("bounds", in_bounds, "every x_adv within ε and [0, 1]" if in_bounds else "some x_adv outside ε or [0, 1]"))
     for i, atk in enumerate(attacks):
-        eps0, _ = acc(replace(atk, eps=0.0))
+        eps0 = acc(replace(atk, eps=0.0))
         same = abs(eps0["value"] - clean_p["value"]) < 1e-12 if not randomized else (eps0["lo"] <= clean_p["hi"] and clean_p["lo"] <= eps0["hi"])
         res.append(_check(f"eps0 [{atk.name}]", same, f"ε=0: {eps0['value']:.3f} vs clean {clean_p['value']:.3f} (n={k})"))
-        half, _ = acc(replace(atk, eps=atk.eps / 2))
-        full = proportion(int(out["attacks"][i]["_robust_mask"][:k].sum()), k)
+        half = acc(replace(atk, eps=atk.eps / 2))
+        full = proportion(int(robust_masks[i].sum()), k)
         res.append(_check(f"monotone [{atk.name}]", _not_above(full, half, randomized),
                           f"acc(ε)={full['value']:.3f} vs acc(ε/2)={half['value']:.3f} (n={k})"))
         if atk.kind in ("pgd", "bpda"):
-            doubled, _ = acc(replace(atk, steps=2 * atk.steps))
+            doubled = acc(replace(atk, steps=2 * atk.steps))
             drop = full["value"] - doubled["value"]
             tol = max(steps_margin, 2 / k)
             # the figure that is reported in the end is the worst case: if another attack already
@@ -209,7 +210,7 @@ def _soundness(model, x, y, attacks, out, randomized, gen, batch_size, steps_mar
         if atk is None:
             continue
         big = 1.0 if norm == "linf" else math.sqrt(x[0].numel())
-        unb, _ = acc(replace(atk, eps=big, alpha=2.5 * big / atk.steps))
+        unb = acc(replace(atk, eps=big, alpha=2.5 * big / atk.steps))
         res.append(_check(f"unbounded [{norm}]", unb["value"] <= 0.1,
                           f"PGD with ε={big:.3g} leaves {unb['value']:.3f} correct (n={k}; expected ≤ 0.1)"))
     return res

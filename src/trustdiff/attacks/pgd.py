@@ -72,7 +72,7 @@ def _check(x, y, eps, alpha, steps, norm, eot, restarts, loss):
         raise InputError(f"y: expected int labels of shape [{x.shape[0]}], got {getattr(y, 'shape', type(y).__name__)}")
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator=None) -> torch.Tensor:
+def random_init(x: torch.Tensor, eps: float, norm: str, generator=None) -> torch.Tensor:
     """δ₀ uniform in the L∞ ball, or uniform in the L2 ball (Gaussian direction, radius ε·U^(1/d))."""
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -139,7 +139,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, st
             ref_logp = F.log_softmax(ref.detach().float(), 1)
     best, best_m = x.clone(), torch.full((x.shape[0],), math.inf, device=x.device)
     for _ in range(restarts):
-        delta = globals()["random_start"](x, eps, norm, generator) if random_start else torch.zeros_like(x)
+        delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         x_adv = (x + project(delta, eps, norm)).clamp(0, 1)
         for _ in range(steps):
             g, _ = input_gradient(model, x_adv, y, loss=loss, eot=eot, targeted=targeted, ref_logp=ref_logp)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trustdiff.attacks import (BPDA, autoattack, evaluate, margin, pgd, pgd_attack, project, to_markdown,
+from trustdiff.attacks import (BPDA, Attack, autoattack, evaluate, margin, pgd, pgd_attack, project, to_markdown,
                                torchattacks_pgd)
 from trustdiff.errors import InputError
 
@@ -177,6 +177,23 @@ def test_checks_fire_on_an_attack_that_has_not_converged():
     assert b < a - 0.1                                                        # the fault is real
     rep = evaluate(net, x[:32], y[:32], [weak], n_check=32)
     assert "convergence" in _failed(rep)
+
+
+def test_an_attack_without_rerun_checks_lists_them_as_skipped_and_never_reruns_it():
+    net, x, y = _trained_mlp()
+    runs = []
+
+    class Counted(Attack):
+        def run(self, model, x, y, generator=None):
+            runs.append(self.eps)
+            return super().run(model, x, y, generator)
+
+    once = Counted("pgd", 0.1, "linf", 10, rerun_checks=False)
+    rep = evaluate(net, x[:16], y[:16], [once], n_check=16)
+    assert runs == [0.1, 0.0]                        # the attack, then ε = 0 (free); no ε/2, 2× steps, ∞
+    skipped = {c["name"].split(" ")[0] for c in rep["checks"] if c.get("skipped")}
+    assert skipped == {"monotone", "convergence", "unbounded"}
+    assert rep["reliable"] and "3 skipped" in to_markdown(rep) and "SKIPPED monotone" in to_markdown(rep)
 
 
 @pytest.mark.parametrize("kw,msg", [(dict(norm="l1"), "norm"), (dict(eps=-0.1), "eps"), (dict(loss="hinge"), "loss")])

@@ -35,7 +35,10 @@ from .pgd import NORMS, input_gradient, pgd
 @dataclass(frozen=True)
 class Attack:
     """One attack configuration. ``kind``: "pgd", "bpda" (PGD on classifier∘BPDA(transform)) or
-    "autoattack" (``version`` standard/rand). ``alpha`` None: 2.5·ε/steps (Madry et al.)."""
+    "autoattack" (``version`` standard/rand). ``alpha`` None: 2.5·ε/steps (Madry et al.).
+    ``rerun_checks`` False: the checks that rerun this attack (monotone, convergence, and the
+    unbounded check of its norm) are not made for it, and the report lists them as skipped; for
+    attacks too costly to run twice whose defense the same norm's checked attacks already cover."""
     kind: str
     eps: float
     norm: str = "linf"
@@ -45,6 +48,7 @@ class Attack:
     restarts: int = 1
     loss: str = "ce"
     version: str = "standard"
+    rerun_checks: bool = True
     transform: object = field(default=None, compare=False, repr=False)
 
     @property
@@ -70,21 +74,22 @@ class Attack:
     def config(self) -> dict:
         return {"name": self.name, "kind": self.kind, "eps": self.eps, "norm": self.norm, "steps": self.steps,
                 "eot": self.effective_eot, "alpha": self.alpha, "restarts": self.restarts, "loss": self.loss,
-                "version": self.version}
+                "version": self.version, "rerun_checks": self.rerun_checks}
 
 
 def pgd_attack(eps: float, norm: str = "linf", steps: int = 20, *, eot: int = 1, alpha=None, restarts: int = 1,
-               loss: str = "ce") -> Attack:
-    return Attack("pgd", eps, norm, steps, eot, alpha, restarts, loss)
+               loss: str = "ce", rerun_checks: bool = True) -> Attack:
+    return Attack("pgd", eps, norm, steps, eot, alpha, restarts, loss, rerun_checks=rerun_checks)
 
 
-def bpda_attack(transform, eps: float, norm: str = "linf", steps: int = 20, *, eot: int = 1, alpha=None) -> Attack:
+def bpda_attack(transform, eps: float, norm: str = "linf", steps: int = 20, *, eot: int = 1, alpha=None,
+                rerun_checks: bool = True) -> Attack:
     """PGD through classifier∘BPDA(transform): the defended model must expose ``.classifier``."""
-    return Attack("bpda", eps, norm, steps, eot, alpha, transform=transform)
+    return Attack("bpda", eps, norm, steps, eot, alpha, rerun_checks=rerun_checks, transform=transform)
 
 
-def autoattack_attack(eps: float, norm: str = "linf", version: str = "standard") -> Attack:
-    return Attack("autoattack", eps, norm, steps=100, eot=1, version=version)
+def autoattack_attack(eps: float, norm: str = "linf", version: str = "standard", *, rerun_checks: bool = True) -> Attack:
+    return Attack("autoattack", eps, norm, steps=100, eot=1, version=version, rerun_checks=rerun_checks)
 
 
 # --- scoring -------------------------------------------------------------------------------------
@@ -113,6 +118,11 @@ def _within(x_adv, x, eps, norm) -> bool:
 
 def _check(name, passed, detail) -> dict:
     return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def _skipped(name, detail) -> dict:
+    """A check that was not made: it passes nothing and fails nothing, and the report says so."""
+    return {"name": name, "passed": True, "skipped": True, "detail": detail}
 
 
 def _not_above(a: dict, b: dict, randomized: bool, slack: float = 0.0) -> bool:
@@ -189,6 +199,10 @@ def _soundness(model, x, y, attacks, robust_masks, worst_mask, randomized, gen, 
         eps0 = acc(replace(atk, eps=0.0))
         same = abs(eps0["value"] - clean_p["value"]) < 1e-12 if not randomized else (eps0["lo"] <= clean_p["hi"] and clean_p["lo"] <= eps0["hi"])
         res.append(_check(f"eps0 [{atk.name}]", same, f"ε=0: {eps0['value']:.3f} vs clean {clean_p['value']:.3f} (n={k})"))
+        if not atk.rerun_checks:
+            names = ["monotone"] + (["convergence"] if atk.kind in ("pgd", "bpda") else [])
+            res += [_skipped(f"{c} [{atk.name}]", "not rerun (rerun_checks=False: too costly to run twice)") for c in names]
+            continue
         half = acc(replace(atk, eps=atk.eps / 2))
         full = proportion(int(robust_masks[i].sum()), k)
         res.append(_check(f"monotone [{atk.name}]", _not_above(full, half, randomized),
@@ -206,8 +220,11 @@ def _soundness(model, x, y, attacks, robust_masks, worst_mask, randomized, gen, 
                               f"{atk.steps} steps: {full['value']:.3f}, {2 * atk.steps} steps: {doubled['value']:.3f} "
                               f"(drop {drop:+.3f}, allowed {tol:.3f}; n={k}){note}"))
     for norm in NORMS:
-        atk = next((a for a in attacks if a.kind == "pgd" and a.norm == norm), None)
+        of_norm = [a for a in attacks if a.kind == "pgd" and a.norm == norm]
+        atk = next((a for a in of_norm if a.rerun_checks), None)
         if atk is None:
+            if of_norm:
+                res.append(_skipped(f"unbounded [{norm}]", "not run (every PGD attack of this norm has rerun_checks=False)"))
             continue
         big = 1.0 if norm == "linf" else math.sqrt(x[0].numel())
         unb = acc(replace(atk, eps=big, alpha=2.5 * big / atk.steps))
@@ -230,8 +247,10 @@ def to_markdown(report: dict) -> str:
     lines.append("")
     lines.append(f"Scoring: {report['scoring']}. Checks on {report.get('n_check', '?')} examples:")
     for c in report["checks"]:
-        lines.append(f"- {'PASS' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}")
+        mark = "SKIPPED" if c.get("skipped") else "PASS" if c["passed"] else "FAIL"
+        lines.append(f"- {mark} {c['name']}: {c['detail']}")
     lines.append("")
-    lines.append("**Verdict: reliable**" if report["reliable"] else
+    skipped = sum(bool(c.get("skipped")) for c in report["checks"])
+    lines.append(("**Verdict: reliable**" + (f" (on the checks made; {skipped} skipped)" if skipped else "")) if report["reliable"] else
                  "**Verdict: UNRELIABLE** — " + "; ".join(report["unreliable_reasons"]))
     return "\n".join(lines) + "\n"

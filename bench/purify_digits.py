@@ -50,6 +50,7 @@ from trustdiff.attacks import autoattack_attack, bpda_attack, evaluate, pgd_atta
 from trustdiff.checkpoint import atomic_write_bytes, atomic_write_json
 from trustdiff.data import load
 from trustdiff.diffusion.model import load_model
+from trustdiff.metrics import proportion
 from trustdiff.purify import PurifiedClassifier, nfe
 
 
@@ -212,9 +213,27 @@ def summary_markdown(results: dict) -> str:
         for t_star, rep in results.get(key, {}).items():
             parts += [f"## {title}, t* = {t_star} ({rep['purifier']['solver']}, {rep['purifier']['steps']} steps)\n", to_markdown(rep)]
     if results.get("cost"):
-        parts.append("## (d) purifier cost\n")
-        parts.append(json.dumps(results["cost"], indent=1))
+        parts += ["## (d) purifier cost\n", cost_markdown(results["cost"])]
     return "\n".join(parts)
+
+
+def cost_markdown(rows: list[dict]) -> str:
+    """The cost table: one row per purifier, clean and PGD-EOT accuracy with intervals, seconds per image."""
+    lines = ["| solver | steps | NFE | purify + classify s/image | clean [95% CI] | PGD-EOT L∞ [95% CI] | attack s/image | checks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        clean = proportion(r["clean_correct"], r["n"])
+        rep = r.get("report")
+        robust = _fmt(rep["attacks"][0]["robust"]) if rep else "not attacked (NFE above the limit)"
+        checks = ("reliable" if rep["reliable"] else "UNRELIABLE") + " (reruns skipped)" if rep else "–"
+        attack_s = f"{r['attack_seconds_per_image']:.2f}" if rep else "–"
+        lines.append(f"| {r['solver']} | {r['steps']} | {r['nfe']} | {r['seconds_per_image']:.4f} | {_fmt(clean)} | {robust} "
+                     f"| {attack_s} | {checks} |")
+    return "\n".join(lines) + f"\n\nn = {rows[0]['n']} images per row.\n"
+
+
+def _fmt(p: dict) -> str:
+    return f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"
 
 
 if __name__ == "__main__":

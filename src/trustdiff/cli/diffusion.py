@@ -81,31 +81,21 @@ def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps
 @dry_run_option
 def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, out, dry_run):
     """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels) and OUT/grid.png."""
-    import torch
-    from tqdm import tqdm
-
     from ..checkpoint import atomic_write_bytes, atomic_write_json
-    from ..diffusion.model import load_model, sample
+    from ..diffusion.model import class_cycle, generate, load_model
     from ..diffusion.samplers import nfe
     from ..images import make_grid, save_png, to_uint8
 
     config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
                   classes=list(classes), seed=seed, batch_size=batch_size)
     den, spec = load_model(model_dir)
+    labels = class_cycle(spec, num, classes)
     if not dry_run_or_start("generate", config, out, dry_run):
         return
-    labels = None
-    if spec.num_classes is not None:
-        pool = list(classes) or list(range(spec.num_classes))
-        labels = np.array([pool[i % len(pool)] for i in range(num)], dtype=np.int64)
     t0 = time.time()
-    chunks = []
-    with torch.no_grad():
-        for start in tqdm(range(0, num, batch_size), desc="generate", unit="batch"):
-            seeds = range(seed + start, seed + min(start + batch_size, num))
-            lab = None if labels is None else labels[start: start + len(seeds)]
-            chunks.append(sample(den, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance))
-    images = torch.cat(chunks)
+    images, labels = generate(den, spec, num, seed=seed, sampler=sampler, steps=steps, labels=labels,
+                              guidance=guidance, batch=batch_size, progress=True)
+    labels = labels.numpy() if labels is not None else None
     elapsed = time.time() - t0
     arr = to_uint8(images)
     for k, lo in enumerate(range(0, num, shard_size)):

@@ -131,3 +131,34 @@ def sample(denoiser, spec: ModelSpec, seeds, *, sampler: str = "heun", steps: in
             denoiser = ClassifierFreeGuidance(denoiser, guidance, spec.null_label)
     x0 = samplers.SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, generator=gens, **sampler_kw)
     return clamp_pixel(to_pixel(x0))
+
+
+def class_cycle(spec: ModelSpec, n: int, classes=None):
+    """Labels for n images of a class-conditional model, cycling through ``classes`` (default: all
+    classes): int64 [n]; None for an unconditional model (which takes no ``classes``)."""
+    if spec.num_classes is None:
+        if classes:
+            raise InputError("classes: this model is unconditional; drop --class")
+        return None
+    pool = list(classes) if classes else list(range(spec.num_classes))
+    return torch.tensor([pool[i % len(pool)] for i in range(n)], dtype=torch.long)
+
+
+def generate(denoiser, spec: ModelSpec, n: int, *, seed: int = 0, sampler: str = "heun", steps: int = 18,
+             labels=None, guidance: float = 1.0, batch: int = 256, progress: bool = False):
+    """``n`` images in batches, image i from seed + i; ``labels`` default to :func:`class_cycle`.
+    Returns (x N×C×H×W in [0, 1], labels int64 [N] or None)."""
+    if labels is None:
+        labels = class_cycle(spec, n)
+    starts = range(0, n, batch)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="generate", unit="batch")
+    chunks = []
+    with torch.no_grad():
+        for i in starts:
+            seeds = range(seed + i, seed + min(i + batch, n))
+            lab = None if labels is None else labels[i: i + len(seeds)]
+            chunks.append(sample(denoiser, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance))
+    x = torch.cat(chunks) if chunks else torch.zeros(0, spec.channels, spec.resolution, spec.resolution)
+    return x, labels

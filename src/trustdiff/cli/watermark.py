@@ -1,0 +1,271 @@
+"""``trustdiff watermark …``: the data-watermarking recipe (Zhao et al. 2023).
+
+    trustdiff watermark train-codec --n-bits 64 --resolution 32 --out runs/codec
+    trustdiff watermark embed  --codec runs/codec --key-seed 7 --out runs/embed      # → watermarked.npz, key.txt
+    trustdiff watermark detect --codec runs/codec --images runs/gen --key-file runs/embed/key.txt --fpr 1e-6 \\
+                               --calibrate digits --out runs/detect
+    trustdiff watermark recipe --out runs/recipe                                       # everything, end to end
+
+The key is always given (``--key`` bits or 0x-hex, ``--key-file``, or ``--key-seed`` for a fresh
+one that is written out); nothing has a built-in key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import dry_run_option, dry_run_or_start
+
+
+def _codec_options(f):
+    opts = [
+        click.option("--n-bits", default=64, show_default=True, help="Bits in the key (4..128)."),
+        click.option("--width", default=32, show_default=True, help="Base width of both networks (recipe: 32)."),
+        click.option("--enc-depth", default=4, show_default=True, help="Stride-2 levels of the encoder U-Net (recipe: 4)."),
+        click.option("--dec-depth", default=5, show_default=True, help="Stride-2 convs of the decoder (recipe: 5)."),
+        click.option("--gamma", default=10.0, show_default=True, help="Final L2 weight γ (recipe: 10)."),
+        click.option("--l2-await", default=1000, show_default=True, help="Steps after Bit-Acc first passes 0.9 before the L2 ramp (recipe: 1000)."),
+        click.option("--l2-ramp", default=3000, show_default=True, help="Steps of the linear L2 ramp (recipe: 3000)."),
+        click.option("--distortions", default="", show_default=True,
+                     help="Training distortions, comma-separated: jpeg,noise,blur,crop,resize,brightness,contrast (beyond the recipe)."),
+        click.option("--codec-steps", default=4000, show_default=True),
+        click.option("--codec-batch", default=64, show_default=True),
+        click.option("--codec-lr", default=1e-3, show_default=True, help="Adam lr (recipe: 1e-4 over ~80k steps; 1e-3 for CPU budgets)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _codec_job(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+               codec_steps, codec_batch, codec_lr, seed, checkpoint_every=500):
+    from ..train import TrainConfig
+    from ..watermark.training import CodecJob
+
+    kinds = tuple(k.strip() for k in distortions.split(",") if k.strip())
+    return CodecJob(data=data, resolution=resolution, n_bits=n_bits, width=width, enc_depth=enc_depth,
+                    dec_depth=dec_depth, gamma=gamma, l2_await=l2_await, l2_ramp=l2_ramp, distortions=kinds,
+                    train=TrainConfig(steps=codec_steps, batch_size=codec_batch, lr=codec_lr, warmup_steps=0,
+                                      grad_clip=None, ema_halflife_kimg=5.0, checkpoint_every=checkpoint_every,
+                                      log_every=50, seed=seed))
+
+
+@click.group("watermark")
+def watermark():
+    """Watermark a training set so that a diffusion model trained on it carries the key."""
+
+
+@watermark.command("train-codec")
+@click.option("--data", default="digits", show_default=True, help='"digits" or a data path (train split).')
+@click.option("--resolution", default=32, show_default=True, help="Images are resized to this (a multiple of the codec stride).")
+@_codec_options
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/codec"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@dry_run_option
+def train_codec_cmd(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+                    codec_steps, codec_batch, codec_lr, seed, out, resume, dry_run):
+    """Train the StegaStamp-style encoder/decoder on random keys; the codec goes to OUT/codec."""
+    from ..watermark.training import prepare_codec, train_codec
+
+    job = _codec_job(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+                     codec_steps, codec_batch, codec_lr, seed)
+    prepare_codec(job)                                   # bad input fails here, before OUT is touched
+    if not dry_run_or_start("watermark train-codec", job, out, dry_run, write_config=not resume):
+        return
+    folder = train_codec(job, out, resume=resume)
+    import json
+
+    m = json.loads((out / "metrics.json").read_text())["heldout"]
+    click.echo(f"codec written to {folder}: held-out Bit-Acc {m['bit_acc']:.4f}, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}")
+
+
+def _resolve_key(key, key_file, key_seed, n_bits):
+    """Exactly one of --key, --key-file, --key-seed → (key tensor, source text)."""
+    from ..errors import InputError
+    from ..watermark.keys import key_from_seed, parse_key
+    from ..watermark.recipe import read_key
+
+    given = [v is not None for v in (key, key_file, key_seed)]
+    if sum(given) != 1:
+        raise InputError("key: expected exactly one of --key, --key-file, --key-seed")
+    if key is not None:
+        return parse_key(key, n_bits), "given"
+    if key_file is not None:
+        k = read_key(key_file)
+        if n_bits is not None and len(k) != n_bits:
+            raise InputError(f"key file {key_file}: expected {n_bits} bits for this codec, got {len(k)}")
+        return k, f"file {key_file}"
+    return key_from_seed(key_seed, n_bits), f"seed {key_seed}"
+
+
+@watermark.command("embed")
+@click.option("--codec", "codec_dir", required=True, type=click.Path(path_type=Path), help="A codec folder or train-codec run folder.")
+@click.option("--data", default="digits", show_default=True)
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test", "all"]))
+@click.option("--key", default=None, help="The key: a bit string or 0x-hex of the codec's length.")
+@click.option("--key-file", default=None, type=click.Path(path_type=Path), help="A key.txt written by embed/recipe, or a file with bits/hex.")
+@click.option("--key-seed", default=None, type=int, help="Derive a fresh key from this seed (written to OUT/key.txt).")
+@click.option("--per-image-keys", is_flag=True, help="Give every image its own random key (from --key-seed), stored in the .npz.")
+@click.option("--seed", default=0, show_default=True, help="Data split seed.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/embed"), show_default=True)
+@dry_run_option
+def embed_cmd(codec_dir, data, split, key, key_file, key_seed, per_image_keys, seed, out, dry_run):
+    """Watermark a data set: OUT/watermarked.npz (uint8 images, labels, key, PSNR/SSIM per image)."""
+    import torch
+
+    from ..checkpoint import atomic_write_json
+    from ..data import load
+    from ..errors import InputError
+    from ..images import make_grid, save_png
+    from ..watermark.codec import load_codec
+    from ..watermark.embed import summary, watermark as wm_images, write_watermarked
+    from ..watermark.keys import key_to_bits, key_to_hex, random_keys
+    from ..watermark.recipe import write_key
+
+    codec = load_codec(codec_dir)
+    imageset = load(data, resolution=codec.resolution, split=split, seed=seed)
+    x, y = imageset.tensors()
+    if x.shape[1] != codec.channels:
+        raise InputError(f"{data}: {x.shape[1]}-channel images, the codec takes {codec.channels}")
+    if per_image_keys:
+        if key_seed is None or key is not None or key_file is not None:
+            raise InputError("--per-image-keys: expected --key-seed (and no --key / --key-file)")
+        k, source = random_keys(len(x), codec.n_bits, generator=torch.Generator().manual_seed(key_seed)), f"per-image, seed {key_seed}"
+    else:
+        k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
+    config = dict(codec=str(codec_dir), data=data, split=split, seed=seed, key_source=source, per_image_keys=per_image_keys,
+                  key_seed=key_seed, images=len(x))
+    if not dry_run_or_start("watermark embed", config, out, dry_run):
+        return
+    result = wm_images(codec, x, k)
+    path = write_watermarked(out / "watermarked.npz", result, y)
+    if k.ndim == 1:
+        write_key(out / "key.txt", k, source=source)
+    save_png(out / "grid.png", make_grid(torch.cat([x[:10], result["images"][:10]]), nrow=10))
+    metrics = {**summary(result), "key_source": source, "per_image_keys": per_image_keys, "data": data, "split": split,
+               "seed": seed, "key_seed": key_seed}
+    if k.ndim == 1:
+        metrics |= {"key_bits": key_to_bits(k), "key_hex": key_to_hex(k)}
+    atomic_write_json(out / "metrics.json", metrics)
+    click.echo(f"{len(x)} images watermarked → {path}: PSNR {metrics['psnr_mean']:.2f} dB, SSIM {metrics['ssim_mean']:.4f}, "
+               f"Bit-Acc {metrics['bit_acc_mean']:.4f}")
+
+
+def load_images(spec: str, resolution: int, split: str, seed: int):
+    """Images to test: a `trustdiff generate` folder (images-*.npz shards), or any data spec."""
+    import torch
+
+    from ..data import load, load_npz, resize
+
+    p = Path(spec)
+    shards = sorted(p.glob("images-*.npz")) if p.is_dir() else []
+    if shards:
+        return torch.cat([resize(load_npz(s), resolution).tensors()[0] for s in shards])
+    return load(spec, resolution=resolution, split=split, seed=seed).tensors()[0]
+
+
+@watermark.command("detect")
+@click.option("--codec", "codec_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--images", required=True, help="A data spec/path, a .npz, or a `trustdiff generate` output folder.")
+@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "test", "all"]))
+@click.option("--key", default=None, help="The key: bits or 0x-hex.")
+@click.option("--key-file", default=None, type=click.Path(path_type=Path))
+@click.option("--key-seed", default=None, type=int, help="A key derived from this seed (as embed --key-seed).")
+@click.option("--fpr", default=1e-6, show_default=True, help="False-positive rate of the decision.")
+@click.option("--calibrate", "calibrate", multiple=True,
+              help="Clean images to check (and if need be calibrate) the threshold on: data specs/paths; repeatable.")
+@click.option("--calib-images", default=2000, show_default=True, help="Fill each --calibrate set up to this many with shifted copies.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/detect"), show_default=True)
+@dry_run_option
+def detect_cmd(codec_dir, images, split, key, key_file, key_seed, fpr, calibrate, calib_images, seed, out, dry_run):
+    """Decode images, test each for the key (binomial p-value), decide at --fpr; TPR with its interval."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..watermark.codec import load_codec
+    from ..watermark.detect import detect
+    from ..watermark.null import shifted_copies
+
+    codec = load_codec(codec_dir)
+    k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
+    x = load_images(images, codec.resolution, split, seed)
+    clean = None
+    if calibrate:
+        parts = [shifted_copies(load_images(c, codec.resolution, "all", seed), calib_images,
+                                generator=torch.Generator().manual_seed(seed + 17)) for c in calibrate]
+        clean = torch.cat(parts)
+    config = dict(codec=str(codec_dir), images=images, split=split, key_source=source, fpr=fpr,
+                  calibrate=list(calibrate), calib_images=calib_images, seed=seed)
+    if not dry_run_or_start("watermark detect", config, out, dry_run):
+        return
+    det = detect(codec, x, k, fpr=fpr, clean=clean)
+    s = det.summary()
+    atomic_write_json(out / "metrics.json", {**s, "key_source": source})
+    buf = io.BytesIO()
+    np.savez(buf, matches=det.matches.numpy(), bit_acc=det.bit_acc.numpy(), p_values=det.p_values.numpy(),
+             detected=det.detected.numpy(), bits=det.bits.numpy().astype(np.uint8))
+    atomic_write_bytes(out / "per_image.npz", buf.getvalue())
+    t = s["threshold"]
+    click.echo(f"{s['images']} images: Bit-Acc {s['bit_acc_mean']:.4f}; detected {s['detected']['k']}/{s['images']} "
+               f"= {s['detected']['value']:.3f} [{s['detected']['lo']:.3f}, {s['detected']['hi']:.3f}] at FPR {fpr:g} "
+               f"(threshold {t['value']}/{t['n_bits']} matches, {t['mode']}: {t['reason']})")
+
+
+@watermark.command("recipe")
+@click.option("--data", default="digits", show_default=True)
+@click.option("--resolution", default=32, show_default=True)
+@_codec_options
+@click.option("--codec", "codec_dir", default=None, type=click.Path(path_type=Path), help="Use this trained codec instead of training one.")
+@click.option("--key", default=None, help="The owner's key (bits or 0x-hex); default: derived from --key-seed.")
+@click.option("--key-seed", default=0, show_default=True)
+@click.option("--size", default="small", show_default=True, help="Diffusion network size.")
+@click.option("--steps", default=2000, show_default=True, help="Diffusion training steps (each model).")
+@click.option("--batch", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--unconditional", is_flag=True, help="Unconditional diffusion models (default: class-conditional).")
+@click.option("--clean-model", default=None, type=click.Path(path_type=Path), help="Use this clean diffusion model as the null.")
+@click.option("-n", "--num", "n_generate", default=500, show_default=True, help="Images generated by each model.")
+@click.option("--sample-steps", default=18, show_default=True, help="Heun steps (NFE 2·steps − 1).")
+@click.option("--fpr", default=1e-6, show_default=True)
+@click.option("--no-fd", is_flag=True, help="Skip FD.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/recipe"), show_default=True)
+@dry_run_option
+def recipe_cmd(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions, codec_steps,
+               codec_batch, codec_lr, codec_dir, key, key_seed, size, steps, batch, lr, unconditional, clean_model,
+               n_generate, sample_steps, fpr, no_fd, seed, out, dry_run):
+    """The recipe end to end: codec → watermarked set → diffusion model → generation → detection,
+    beside a model trained on clean data; OUT/metrics.json. Finished stages are reused."""
+    from dataclasses import replace
+
+    from ..train import TrainConfig
+    from ..watermark.keys import parse_key
+    from ..watermark.recipe import RecipeJob, default_diffusion, run_recipe
+
+    if key is not None:
+        parse_key(key, n_bits)                       # a bad key fails before anything is written
+    codec = _codec_job(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+                       codec_steps, codec_batch, codec_lr, seed)
+    diff = replace(default_diffusion(), size=size, conditional=not unconditional,
+                   train=TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(100, steps // 10),
+                                     ema_halflife_kimg=20.0, checkpoint_every=500, log_every=50, seed=seed))
+    job = RecipeJob(data=data, resolution=resolution, n_bits=n_bits, key=key, key_seed=key_seed, codec=codec,
+                    diffusion=diff, n_generate=n_generate, sample_steps=sample_steps, fpr=fpr, fd=not no_fd, seed=seed)
+    if not dry_run_or_start("watermark recipe", job.resolved(), out, dry_run):
+        return
+    m = run_recipe(job, out, codec_dir=codec_dir, clean_model=clean_model, progress=click.echo)
+    h = m["headline"]
+    click.echo(f"watermarked model: Bit-Acc {h['bit_acc_watermarked_model']:.4f}, detected "
+               f"{h['detected_watermarked_model']['value']:.3f}; clean model: Bit-Acc {h['bit_acc_clean_model']:.4f}, "
+               f"detected {h['detected_clean_model']['value']:.3f} (FPR {fpr:g}, threshold {h['threshold']} {h['threshold_mode']})")
+    if h["fd_watermarked"] is not None:
+        click.echo(f"FD: watermarked {h['fd_watermarked']:.3f} vs clean {h['fd_clean']:.3f}")
+
+
+COMMANDS = [watermark]

@@ -204,8 +204,31 @@ def write(results: dict, path: Path) -> None:
     atomic_write_bytes(path.with_suffix(".md"), summary_markdown(results).encode())
 
 
+def compact_table(results: dict) -> str:
+    """One row per (defense, attack): the table the README shows."""
+    lines = ["| defense | clean | attack | ε | robust accuracy [95% CI] | n | checks |", "|---|---|---|---|---|---|---|"]
+
+    def rows(defense: str, rep: dict):
+        verdict = "reliable" if rep["reliable"] else "UNRELIABLE"
+        skipped = sum(bool(c.get("skipped")) for c in rep["checks"])
+        verdict += f" ({skipped} skipped)" if skipped else ""
+        for a in rep["attacks"]:
+            lines.append(f"| {defense} | {_fmt(rep['clean'])} | {a['name']} | {a['eps']:g} | {_fmt(a['robust'])} | {rep['n']} | {verdict} |")
+        if len(rep["attacks"]) > 1:
+            lines.append(f"| {defense} | | worst case | | {_fmt(rep['worst_case'])} | {rep['n']} | |")
+
+    if results.get("undefended"):
+        rows("none", results["undefended"])
+    for key in ("diffpure", "bpda", "autoattack_rand"):
+        for t_star, rep in results.get(key, {}).items():
+            rows(f"DiffPure t*={t_star} ({rep['purifier']['solver']}×{rep['purifier']['steps']})", rep)
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(results: dict) -> str:
-    parts = ["# DiffPure on digits\n"]
+    parts = ["# DiffPure on digits\n", f"Total: {results.get('seconds', 0) / 60:.1f} min "
+             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in results.get('part_seconds', {}).items())}).\n",
+             compact_table(results)]
     if results.get("undefended"):
         parts += ["## (a) undefended\n", to_markdown(results["undefended"])]
     for key, title in (("diffpure", "(b) DiffPure, full-gradient PGD-EOT"), ("bpda", "(c) DiffPure under BPDA"),

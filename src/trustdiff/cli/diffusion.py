@@ -1,12 +1,10 @@
 """``trustdiff train`` and ``trustdiff generate``."""
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .common import dry_run_option, dry_run_or_start
 
@@ -80,30 +78,32 @@ def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/generate"), show_default=True)
 @dry_run_option
 def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, out, dry_run):
-    """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels) and OUT/grid.png."""
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
-    from ..diffusion.model import class_cycle, generate, load_model
+    """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels, seeds) and
+    OUT/grid.png. Shards already in OUT are kept (a killed run resumes); under `accelerate launch`
+    each process writes its share of the shards."""
+    from ..checkpoint import atomic_write_json
+    from ..data import load_npz
+    from ..diffusion.model import class_cycle, load_model, write_shards
     from ..diffusion.samplers import nfe
-    from ..images import make_grid, save_png, to_uint8
+    from ..images import make_grid, save_png
+    from ..train.dist import env_device, env_rank_world
 
     config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
                   classes=list(classes), seed=seed, batch_size=batch_size)
     den, spec = load_model(model_dir)
-    labels = class_cycle(spec, num, classes)
+    class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
     if not dry_run_or_start("generate", config, out, dry_run):
         return
+    rank, world = env_rank_world()
     t0 = time.time()
-    images, labels = generate(den, spec, num, seed=seed, sampler=sampler, steps=steps, labels=labels,
-                              guidance=guidance, batch=batch_size, progress=True)
-    labels = labels.numpy() if labels is not None else None
+    paths = write_shards(den.to(env_device()), spec, out, num, shard_size=shard_size, seed=seed, sampler=sampler,
+                         steps=steps, classes=classes, guidance=guidance, batch=batch_size, rank=rank, world=world,
+                         progress=True)
     elapsed = time.time() - t0
-    arr = to_uint8(images)
-    for k, lo in enumerate(range(0, num, shard_size)):
-        buf = io.BytesIO()
-        lab = labels[lo: lo + shard_size] if labels is not None else np.full(len(arr[lo: lo + shard_size]), -1, np.int64)
-        np.savez(buf, images=arr[lo: lo + shard_size], labels=lab, seeds=np.arange(seed + lo, seed + lo + len(lab)))
-        atomic_write_bytes(out / f"images-{k:05d}.npz", buf.getvalue())
-    save_png(out / "grid.png", make_grid(images[:100], nrow=10))
+    if rank != 0:
+        return
+    if paths and paths[0].is_file():
+        save_png(out / "grid.png", make_grid(load_npz(paths[0]).tensors()[0][:100], nrow=10))
     atomic_write_json(out / "metrics.json", {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed,
                                              "images_per_s": num / max(elapsed, 1e-9)})
     click.echo(f"{num} images ({sampler}, NFE {nfe(sampler, steps)}) in {elapsed:.1f}s → {out}")

@@ -162,3 +162,44 @@ def generate(denoiser, spec: ModelSpec, n: int, *, seed: int = 0, sampler: str =
             chunks.append(sample(denoiser, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance))
     x = torch.cat(chunks) if chunks else torch.zeros(0, spec.channels, spec.resolution, spec.resolution)
     return x, labels
+
+
+def shard_name(k: int) -> str:
+    return f"images-{k:05d}.npz"
+
+
+def write_shards(denoiser, spec: ModelSpec, out, n: int, *, shard_size: int = 10_000, seed: int = 0,
+                 sampler: str = "heun", steps: int = 18, classes=None, guidance: float = 1.0, batch: int = 256,
+                 rank: int = 0, world: int = 1, progress: bool = False) -> list[Path]:
+    """Generate ``n`` images into ``out/images-XXXXX.npz`` shards (images uint8 N×H×W×C, labels,
+    seeds). Shard k holds images k·shard_size … (image i from seed + i, labels by
+    :func:`class_cycle` over the global index), so the result does not depend on how the work is
+    split: process ``rank`` of ``world`` writes the shards k ≡ rank (mod world), and a shard that
+    is already on disk (written atomically, so whole) is skipped — a killed run resumes."""
+    import io
+
+    import numpy as np
+
+    from ..checkpoint import atomic_write_bytes
+    from ..images import to_uint8
+
+    if not isinstance(n, int) or n < 0 or not isinstance(shard_size, int) or shard_size < 1:
+        raise InputError(f"shards: expected n >= 0 and shard_size >= 1, got n={n!r}, shard_size={shard_size!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels_all = class_cycle(spec, n, classes)
+    paths = []
+    for k, lo in enumerate(range(0, n, shard_size)):
+        path = out / shard_name(k)
+        paths.append(path)
+        if k % world != rank or path.is_file():
+            continue
+        hi = min(lo + shard_size, n)
+        lab = None if labels_all is None else labels_all[lo:hi]
+        x, _ = generate(denoiser, spec, hi - lo, seed=seed + lo, sampler=sampler, steps=steps, labels=lab,
+                        guidance=guidance, batch=batch, progress=progress)
+        buf = io.BytesIO()
+        np.savez(buf, images=to_uint8(x), labels=(np.full(hi - lo, -1, np.int64) if lab is None else lab.numpy()),
+                 seeds=np.arange(seed + lo, seed + hi))
+        atomic_write_bytes(path, buf.getvalue())
+    return paths

@@ -70,9 +70,88 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class _WideBlock(nn.Module):
+    """Pre-activation residual block: BN → SiLU → 3×3 conv (stride) → BN → SiLU → 3×3 conv, plus
+    the input (1×1 conv shortcut, from the activated input, when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in, momentum=0.01), nn.BatchNorm2d(c_out, momentum=0.01)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.act = nn.SiLU()
+        self.shortcut = None if (c_in == c_out and stride == 1) else nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        a = self.act(self.bn1(x))
+        h = self.conv2(self.act(self.bn2(self.conv1(a))))
+        return h + (x if self.shortcut is None else self.shortcut(a))
+
+
+class WideResNet(nn.Module):
+    """WRN-d-k (Zagoruyko & Komodakis 2016) as used for adversarial training by Rebuffi et al.
+    2021 and Wang et al. 2023: SiLU activations, BatchNorm (momentum 0.01), three groups of
+    (d − 4)/6 pre-activation blocks of widths 16k, 32k, 64k (strides 1, 2, 2). WRN-28-10 (36M
+    parameters) and WRN-70-16 (267M) are the papers' CIFAR-10 networks; WRN-16-4 (2.7M) fits a CPU.
+    Inputs are pixel-space [0, 1]; normalization ((x − 0.5)/0.5) is the first layer.
+
+    ``train()``/``eval()`` change the function (BatchNorm): attacks during training run in eval
+    mode (as the TRADES reference does), evaluation attacks the eval-mode network.
+    """
+
+    arch = "wrn"
+
+    def __init__(self, depth: int = 28, width: int = 10, in_channels: int = 3, num_classes: int = 10,
+                 resolution: int = 32):
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise InputError(f"WideResNet: expected depth = 6n + 4 >= 10 (16, 28, 70, …), got {depth}")
+        if width < 1 or num_classes < 2 or in_channels not in (1, 3):
+            raise InputError(f"WideResNet: expected width >= 1, num_classes >= 2, in_channels 1 or 3, "
+                             f"got {width}, {num_classes}, {in_channels}")
+        if resolution < 4 or resolution % 4:
+            raise InputError(f"WideResNet: expected a resolution divisible by 4, got {resolution}")
+        self.config = dict(depth=depth, width=width, in_channels=in_channels, num_classes=num_classes,
+                           resolution=resolution)
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        layers = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)]
+        for g, stride in zip(range(3), (1, 2, 2)):
+            for i in range(n):
+                layers.append(_WideBlock(widths[g] if i == 0 else widths[g + 1], widths[g + 1], stride if i == 0 else 1))
+        self.body = nn.Sequential(*layers, nn.BatchNorm2d(widths[3], momentum=0.01), nn.SiLU())
+        self.head = nn.Linear(widths[3], num_classes)
+        self.feature_dim = widths[3]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        c, r = self.config["in_channels"], self.config["resolution"]
+        if x.ndim != 4 or x.shape[1] != c or x.shape[-2:] != (r, r):
+            raise InputError(f"WideResNet: expected N×{c}×{r}×{r} images, got shape {tuple(x.shape)}")
+        return self.body((x - 0.5) / 0.5).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def parse_arch(name: str) -> tuple[str, dict]:
+    """``"small-cnn"`` or ``"wrn-D-K"`` → (arch, constructor kwargs)."""
+    if name == "small-cnn":
+        return "small-cnn", {}
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "wrn" and parts[1].isdigit() and parts[2].isdigit():
+        return "wrn", {"depth": int(parts[1]), "width": int(parts[2])}
+    raise InputError(f"arch: expected 'small-cnn' or 'wrn-DEPTH-WIDTH' (e.g. wrn-28-10), got {name!r}")
+
+
 #: classifier names → constructors; ``build_classifier(name, **net.config)`` rebuilds a net
 CLASSIFIERS: dict[str, type[nn.Module]] = {
     "small-cnn": SmallCNN,
+    "wrn": WideResNet,
 }
 
 

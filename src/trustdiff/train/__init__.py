@@ -8,8 +8,8 @@
 from .config import TrainConfig, lr_at
 from .data import DataStream, epoch_permutation
 from .dist import launch
-from .ema import ema_beta, make_ema, update_ema
-from .loop import OPTIMIZERS, TrainResult, fit
+from .ema import ema_beta, ema_beta_dynamic, make_ema, update_ema
+from .loop import OPTIMIZERS, TrainResult, fit, param_groups
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "launch", "lr_at", "ema_beta", "make_ema", "update_ema",
-           "DataStream", "epoch_permutation", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "launch", "lr_at", "ema_beta", "ema_beta_dynamic", "make_ema",
+           "update_ema", "DataStream", "epoch_permutation", "OPTIMIZERS", "param_groups"]

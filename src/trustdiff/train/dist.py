@@ -28,6 +28,19 @@ def resolve_accelerator(accelerator=None):
     return None
 
 
+def env_rank_world() -> tuple[int, int]:
+    """(rank, number of processes) from the environment ``accelerate launch``/``torchrun`` set;
+    (0, 1) in a plain process. For work split by index, which needs no process group."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_device() -> torch.device:
+    """This process's device: its GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def rank_world(accelerator) -> tuple[int, int]:
     """(this process's rank, number of processes)."""
     if accelerator is None:

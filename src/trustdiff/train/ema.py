@@ -1,8 +1,13 @@
-"""Exponential moving average of the weights, with EDM's half-life in images and ramp-up.
+"""Exponential moving average of the weights: EDM's half-life in images with ramp-up, or a fixed
+decay τ with a dynamic warm-up.
 
 Karras et al. 2022 (EDM), ``training/training_loop.py``: the EMA half-life is given in images
 (``ema_halflife_kimg``) and, early on, capped at a fraction of the images seen so far
 (``ema_rampup_ratio``), so the average forgets the random initialisation quickly.
+
+Wang et al. 2023 (*Better Diffusion Models Further Improve Adversarial Training*, after Gowal et
+al. 2020): τ = 0.995 per step; the average is the model itself during the LR warm-up, then its
+decay is min(τ, (1 + δ)/(10 + δ)) for δ updates past the warm-up.
 """
 from __future__ import annotations
 
@@ -30,6 +35,15 @@ def ema_beta(cur_nimg: int, batch_size: int, halflife_kimg: float, rampup_ratio:
     if rampup_ratio is not None:
         ema_nimg = min(ema_nimg, cur_nimg * rampup_ratio)
     return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+def ema_beta_dynamic(step: int, tau: float, warmup_steps: int) -> float:
+    """Wang et al.'s per-step decay after update ``step`` (0-based): 0 during the warm-up, then
+    min(τ, (1 + δ)/(10 + δ)) with δ = step − warmup_steps."""
+    delta = step - warmup_steps
+    if delta < 0:
+        return 0.0
+    return min(tau, (1.0 + delta) / (10.0 + delta))
 
 
 @torch.no_grad()

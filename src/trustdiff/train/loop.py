@@ -33,17 +33,19 @@ from ..errors import CheckpointError, InputError, TrainingDiverged
 from .config import TrainConfig, lr_at
 from .data import DataStream, check_data
 from .dist import barrier, derive_seed, gather_states, rank_world, reduce_sum, resolve_accelerator
-from .ema import ema_beta, make_ema, update_ema
+from .ema import ema_beta, ema_beta_dynamic, make_ema, update_ema
 from .runlog import append_metrics, finite_or_none, truncate_metrics, write_run_config
 
 log = logging.getLogger(__name__)
 
-#: Optimizers by name; both are AdamW (decoupled decay) when ``weight_decay > 0``.
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: Optimizers by name: "adam"/"adamw" (AdamW, decoupled decay, whenever ``weight_decay > 0``) and
+#: "sgd" (Nesterov momentum ``cfg.momentum``, coupled L2 decay, as in adversarial training).
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 # config fields whose change between a checkpoint and its resume breaks exact continuation
-_RESUME_SENSITIVE = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip",
-                     "ema_halflife_kimg", "ema_rampup_ratio", "seed")
+_RESUME_SENSITIVE = ("batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "momentum", "grad_clip",
+                     "ema_halflife_kimg", "ema_rampup_ratio", "ema_decay", "seed")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class _Progress:
     the running metrics window, so metrics.jsonl lines match too)."""
 
     step: int = 0
-    data: dict = field(default_factory=lambda: {"epoch": 0, "offset": 0})
+    data: dict = field(default_factory=dict)   # the stream's position; {} = its start
     bad_in_a_row: int = 0
     skipped_total: int = 0
     last_loss: float | None = None
@@ -81,12 +83,25 @@ class _Progress:
         return cls(**{k: v for k, v in state.items() if k in names})
 
 
-def make_optimizer(name: str, params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (β=(0.9, 0.999), ε=1e-8, as in EDM), AdamW when ``cfg.weight_decay > 0``."""
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Normalization layers' parameters without weight decay, the rest with it (empty groups dropped)."""
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in norm], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(name: str, model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (β=(0.9, 0.999), ε=1e-8, as in EDM), AdamW when ``cfg.weight_decay > 0``, or SGD with
+    Nesterov momentum; weight decay skips normalization layers (:func:`param_groups`)."""
     if name not in OPTIMIZERS:
         raise InputError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {name!r}")
+    groups = param_groups(model, cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     cls = torch.optim.AdamW if cfg.weight_decay > 0 else OPTIMIZERS[name]
-    return cls(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 @contextlib.contextmanager
@@ -194,7 +209,8 @@ def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
 
 
 def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, run_dir, *,
-        resume: bool = False, optimizer: str = "adam", accelerator=None, on_checkpoint=None) -> TrainResult:
+        resume: bool = False, optimizer: str = "adam", accelerator=None, on_checkpoint=None,
+        stream=DataStream) -> TrainResult:
     """Train ``model`` in place with Adam, an EDM-style EMA, and crash-proof checkpoints.
 
     Args:
@@ -211,16 +227,21 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         run_dir: the run folder: ``config.json``, ``metrics.jsonl``, ``checkpoints/``.
         resume: continue from ``latest_checkpoint(run_dir)`` (start fresh if there is none).
             Without it, a run folder that holds checkpoints is refused.
-        optimizer: ``"adam"`` or ``"adamw"`` (AdamW whenever ``weight_decay > 0``).
+        optimizer: ``"adam"``, ``"adamw"`` (AdamW whenever ``weight_decay > 0``) or ``"sgd"``
+            (Nesterov momentum ``cfg.momentum``).
         accelerator: an ``accelerate.Accelerator``; default: one is made when the process was
             started by ``accelerate launch`` with several processes (see :func:`launch`).
         on_checkpoint: ``on_checkpoint(step)`` called on every rank after each checkpoint.
+        stream: the batch order: ``stream(n, seed, **position)`` → an object with ``take(k)``
+            (the next k indices into ``data``) and ``position`` (a JSON-able dict, saved in each
+            checkpoint); default :class:`DataStream` (per-epoch permutations).
 
     Each step: LR from the warm-up schedule; loss; backward (gradients all-reduced under DDP);
     total-norm clipping; if the loss or gradient norm is non-finite on any rank, the update is
     skipped (a warning names the step) and after ``max_bad_steps`` such steps in a row
     :class:`TrainingDiverged` is raised, leaving the last good checkpoint as it was; otherwise
-    Adam steps and the EMA follows with EDM's decay. A skipped step still consumes its batch and
+    the optimizer steps and the EMA follows (EDM's decay, or ``cfg.ema_decay`` with Wang et al.'s
+    warm-up). A skipped step still consumes its batch and
     counts as a step. Rank 0 writes a metrics line every ``log_every`` steps and a checkpoint every
     ``checkpoint_every`` steps and at the end.
 
@@ -238,10 +259,17 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         # non-finite guard and the exact optimizer state; bf16 needs no scaler
         raise InputError("mixed precision: fit supports 'no' and 'bf16', got 'fp16'")
     with _determinism(cfg.deterministic):
-        return _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, rank, world)
+        return _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world)
 
 
-def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, rank, world):
+def _ema_beta(step: int, cfg: TrainConfig) -> float:
+    """The EMA decay after update ``step`` (0-based)."""
+    if cfg.ema_decay is not None:
+        return ema_beta_dynamic(step, cfg.ema_decay, cfg.warmup_steps)
+    return ema_beta((step + 1) * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
+
+
+def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world):
     """The body of :func:`fit` (the one long function of the toolkit)."""
     from tqdm.auto import tqdm
 
@@ -249,7 +277,7 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
         model.to(accelerator.device)
     device = _device_of(model)
     ema = make_ema(model)                                   # the EMA follows the unwrapped model
-    opt = make_optimizer(optimizer, model.parameters(), cfg)
+    opt = make_optimizer(optimizer, model, cfg)
     gen = torch.Generator(device=device)
 
     ckpt = _resume_point(run_dir, resume)
@@ -267,7 +295,7 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
     net = accelerator.prepare(model) if accelerator is not None else model  # DDP under >1 process
 
     x_all, y_all = data
-    stream = DataStream(x_all.shape[0], cfg.seed, **prog.data)
+    stream = stream(x_all.shape[0], cfg.seed, **prog.data)
     pbar = tqdm(total=cfg.steps, initial=prog.step, disable=not (cfg.progress and rank == 0),
                 unit="step", dynamic_ncols=True, desc="train")
     mark_step, mark_time = prog.step, time.perf_counter()
@@ -318,8 +346,7 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
             else:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                cur_nimg = (prog.step + 1) * cfg.batch_size
-                update_ema(ema, model, ema_beta(cur_nimg, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio))
+                update_ema(ema, model, _ema_beta(prog.step, cfg))
                 prog.bad_in_a_row = 0
                 prog.last_loss = loss_g
                 prog.window_loss += loss_g

@@ -1,0 +1,112 @@
+"""A labelled data set sampled from a class-conditional diffusion model, in resumable shards.
+
+    generate_set(model_dir, out, n)     → out/images-XXXXX.npz (the shards of
+                                          :func:`trustdiff.diffusion.model.write_shards`: Heun with
+                                          20 steps by default, as Wang et al. 2023)
+    filter_top_k(...)                   → keep, per class, the k images a pseudo-labelling classifier
+                                          is most confident are of their class (Wang et al.'s filter)
+    load_generated(out, n)              → (x, y) of the first n generated images
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import load_npz
+from ..errors import InputError
+from ..images import to_uint8
+
+FILTERED = "filtered.npz"
+
+
+def generate_set(model_dir, out, n: int, *, shard_size: int = 10_000, seed: int = 0, sampler: str = "heun",
+                 steps: int = 20, batch: int = 256, rank: int = 0, world: int = 1, device=None,
+                 progress: bool = False) -> list[Path]:
+    """Sample n labelled images (classes cycling 0…K−1) from a class-conditional model into shards;
+    existing shards are kept (resume), process ``rank`` of ``world`` writes its share."""
+    from ..diffusion.model import load_model, write_shards
+
+    den, spec = load_model(model_dir)
+    if spec.num_classes is None:
+        raise InputError(f"{model_dir}: expected a class-conditional diffusion model (labels), got an unconditional one")
+    if device is not None:
+        den = den.to(device)
+    return write_shards(den, spec, out, n, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
+                        batch=batch, rank=rank, world=world, progress=progress)
+
+
+def shard_paths(folder) -> list[Path]:
+    folder = Path(folder)
+    paths = sorted(folder.glob("images-*.npz"))
+    if not paths:
+        raise InputError(f"{folder}: expected generated shards (images-*.npz), found none")
+    return paths
+
+
+@torch.no_grad()
+def confidence(classifier, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """p(y | x) under ``classifier`` for each image (its own label): float [N]."""
+    out = []
+    for i in range(0, len(x), batch):
+        p = torch.softmax(classifier(x[i:i + batch]).float(), 1)
+        out.append(p.gather(1, y[i:i + batch, None])[:, 0])
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def filter_top_k(x: torch.Tensor, y: torch.Tensor, classifier, k_per_class: int) -> torch.Tensor:
+    """Indices (sorted) of the ``k_per_class`` images of each class with the highest p(y | x)."""
+    if k_per_class < 1:
+        raise InputError(f"k_per_class: expected >= 1, got {k_per_class}")
+    conf = confidence(classifier, x, y)
+    keep = []
+    for c in torch.unique(y):
+        idx = (y == c).nonzero()[:, 0]
+        keep.append(idx[conf[idx].argsort(descending=True)[:k_per_class]])
+    return torch.cat(keep).sort().values
+
+
+def write_filtered(folder, classifier, k_per_class: int) -> Path:
+    """Filter all shards in ``folder`` into ``folder/filtered.npz`` (images, labels, seeds, confidence)."""
+    from ..checkpoint import atomic_write_bytes
+    import io
+
+    x, y, seeds = _read(shard_paths(folder))
+    keep = filter_top_k(x, y, classifier, k_per_class)
+    conf = confidence(classifier, x[keep], y[keep])
+    buf = io.BytesIO()
+    np.savez(buf, images=to_uint8(x[keep]), labels=y[keep].numpy(), seeds=seeds[keep.numpy()], confidence=conf.numpy())
+    path = Path(folder) / FILTERED
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _read(paths) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    xs, ys, seeds = [], [], []
+    for p in paths:
+        s = load_npz(p)
+        x, y = s.tensors()
+        xs.append(x)
+        ys.append(y)
+        with np.load(p, allow_pickle=False) as d:
+            seeds.append(d["seeds"] if "seeds" in d.files else np.full(len(y), -1, np.int64))
+    return torch.cat(xs), torch.cat(ys), np.concatenate(seeds)
+
+
+def load_generated(path, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (all: None) images of a generated set: a shard folder (its
+    ``filtered.npz`` when present, else its shards in order) or one .npz. (x float N×C×H×W, y int64)."""
+    path = Path(path)
+    if path.is_dir():
+        paths = [path / FILTERED] if (path / FILTERED).is_file() else shard_paths(path)
+    else:
+        paths = [path]
+    x, y, _ = _read(paths)
+    if (y < 0).any():
+        raise InputError(f"{path}: expected labelled images (a class-conditional model's), got unlabelled ones")
+    if n is not None:
+        if n > len(x):
+            raise InputError(f"{path}: asked for {n} generated images, the set holds {len(x)}")
+        x, y = x[:n], y[:n]
+    return x, y

@@ -1,0 +1,241 @@
+"""trustdiff.advtrain: the TRADES / Madry losses against direct computations, the real/generated
+mix of every batch, the epoch length's independence of the generated set, SGD's groups and the EMA
+and LR schedules, resume after a kill, generated shards (resumable, sharded, filtered)."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trustdiff.advtrain import (AdvTrainJob, MixedStream, adversarial_loss_fn, filter_top_k, iterations_per_epoch,
+                                load_generated, real_count, train_adv, trades_loss)
+from trustdiff.advtrain import training as T
+from trustdiff.attacks import pgd
+from trustdiff.errors import InputError
+from trustdiff.nets import WideResNet, parse_arch
+from trustdiff.train import TrainConfig, ema_beta_dynamic, lr_at, param_groups
+from trustdiff.train.loop import make_optimizer
+
+torch.set_num_threads(1)
+
+
+def _toy():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(6, 1, 4, 4, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    return net, x, y
+
+
+def test_trades_loss_is_the_direct_formula():
+    net, x, y = _toy()
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    z, za = net(x), net(x_adv)
+    s, beta, k = 0.1, 5.0, 3
+    q = (1 - s) * F.one_hot(y, k) + s / k                                  # smoothed targets
+    p, pa = torch.softmax(z, 1), torch.softmax(za, 1)
+    direct = -(q * p.log()).sum(1) + beta * (p * (p.log() - pa.log())).sum(1)
+    torch.testing.assert_close(trades_loss(z, za, y, beta=beta, smoothing=s), direct)
+    # the gradient flows through both p(x) and p(x′), as in the reference
+    trades_loss(z, za, y, beta=beta).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_trades_step_equals_the_loss_at_the_attack_from_the_same_generator():
+    net, x, y = _toy()
+    fn = adversarial_loss_fn("trades", eps=0.1, alpha=0.025, steps=5, beta=6.0, smoothing=0.0)
+    got = fn(net, x, y, torch.Generator().manual_seed(3))
+    x_adv = pgd(net, x, y, eps=0.1, alpha=0.025, steps=5, loss="kl", generator=torch.Generator().manual_seed(3))
+    z, za = net(x), net(x_adv)
+    want = F.cross_entropy(z, y, reduction="none") + 6.0 * F.kl_div(F.log_softmax(za, 1), F.softmax(z, 1), reduction="none").sum(1)
+    torch.testing.assert_close(got, want)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    # the attack ascends the KL: it beats the start point
+    kl = lambda xa: F.kl_div(F.log_softmax(net(xa), 1), F.softmax(z, 1), reduction="none").sum(1).mean()
+    start = pgd(net, x, y, eps=0.1, alpha=0.025, steps=0, loss="kl", generator=torch.Generator().manual_seed(3))
+    assert kl(x_adv) > kl(start)
+
+
+def test_madry_loss_is_smoothed_ce_at_the_pgd_point():
+    net, x, y = _toy()
+    got = adversarial_loss_fn("madry", eps=0.1, alpha=0.025, steps=4)(net, x, y, torch.Generator().manual_seed(5))
+    x_adv = pgd(net, x, y, eps=0.1, alpha=0.025, steps=4, loss="ce", generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, F.cross_entropy(net(x_adv), y, reduction="none", label_smoothing=0.1))
+
+
+def test_the_attack_runs_in_eval_mode_and_restores_train_mode():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)).train()
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    before = net[1].running_mean.clone()
+    fn = adversarial_loss_fn("madry", eps=0.1, alpha=0.025, steps=3)
+    seen = []
+    net[1].register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    fn(net, x, y, torch.Generator().manual_seed(0))
+    assert seen == [False] * 3 + [True] and net.training           # 3 attack passes in eval, the loss in train
+    assert not torch.equal(before, net[1].running_mean)            # only the training pass moved the statistics
+
+
+@pytest.mark.parametrize("n_gen,frac", [(700, 0.3), (5000, 0.3), (300, 0.5)])
+def test_every_batch_has_the_set_real_fraction(n_gen, frac):
+    n_real, b = 97, 32
+    s = MixedStream(n_real + n_gen, 0, n_real=n_real, real_fraction=frac)
+    seen_real = []
+    for _ in range(20):
+        idx = s.take(b)
+        real = idx[idx < n_real]
+        assert len(idx) == b and len(real) == real_count(b, frac) == round(b * frac)
+        assert int(idx.max()) < n_real + n_gen and len(set(idx.tolist())) == b
+        seen_real += real.tolist()
+    # each source is visited evenly: the first full epoch of real images is a permutation
+    assert sorted(seen_real[:n_real]) == list(range(n_real))
+
+
+def test_without_generated_images_every_batch_is_real():
+    s = MixedStream(50, 0, n_real=50, real_fraction=0.3)
+    assert len(s.take(16)) == 16 and s.position["gen"] is None
+
+
+def test_mixed_stream_resumes_at_its_position():
+    a = MixedStream(400, 1, n_real=100, real_fraction=0.3)
+    for _ in range(7):
+        a.take(32)
+    b = MixedStream(400, 1, n_real=100, real_fraction=0.3, **a.position)
+    for _ in range(5):
+        assert torch.equal(a.take(32), b.take(32))
+
+
+def _gen_npz(path, n, res=8, seed=0):
+    g = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    np.savez(buf, images=g.integers(0, 256, (n, res, res, 1), dtype=np.uint8), labels=np.arange(n) % 10,
+             seeds=np.arange(n))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def _job(tmp_path, **kw):
+    base = dict(resolution=8, generated=str(_gen_npz(tmp_path / "gen.npz", 400)), n_generated=None, arch="small-cnn",
+                width=4, epochs=2, iters_per_epoch=None, batch_size=32, lr=0.05, warmup_epochs=1, holdout=64,
+                attack_steps=2, select_steps=2, eps=0.1)
+    return AdvTrainJob(**{**base, **kw})
+
+
+def test_iterations_per_epoch_do_not_depend_on_the_generated_set(tmp_path):
+    _gen_npz(tmp_path / "big.npz", 4000)
+    small = T.prepare(_job(tmp_path, n_generated=100))
+    big = T.prepare(_job(tmp_path, generated=str(tmp_path / "big.npz"), n_generated=4000))
+    none = T.prepare(_job(tmp_path, generated=None))
+    n_real = small[1]
+    assert small[4] == big[4] == none[4] == iterations_per_epoch(n_real, 32) == math.ceil(n_real / 32)
+    assert small[5].steps == big[5].steps and len(big[0][0]) == n_real + 4000
+
+
+def test_sgd_skips_weight_decay_on_norm_layers_and_uses_nesterov():
+    net = WideResNet(10, 1, in_channels=1, resolution=8)
+    opt = make_optimizer("sgd", net, TrainConfig(lr=0.1, weight_decay=5e-4, momentum=0.9))
+    decay, no_decay = opt.param_groups
+    norm_params = {id(p) for m in net.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in no_decay["params"]} == norm_params and no_decay["weight_decay"] == 0
+    assert decay["weight_decay"] == 5e-4 and decay["nesterov"] and decay["momentum"] == 0.9
+    assert len(param_groups(nn.Linear(2, 2), 0.1)) == 1                     # no empty group
+
+
+def test_cosine_schedule_and_dynamic_ema():
+    cfg = TrainConfig(steps=110, lr=0.2, warmup_steps=10, schedule="cosine")
+    assert lr_at(0, cfg) == pytest.approx(0.02) and lr_at(9, cfg) == pytest.approx(0.2)
+    assert lr_at(10, cfg) == pytest.approx(0.2) and lr_at(60, cfg) == pytest.approx(0.1) and lr_at(110, cfg) == pytest.approx(0)
+    assert ema_beta_dynamic(5, 0.995, 10) == 0.0                               # the model itself during warm-up
+    assert ema_beta_dynamic(10, 0.995, 10) == pytest.approx(0.1)               # (1 + 0) / (10 + 0)
+    assert ema_beta_dynamic(10_000, 0.995, 10) == 0.995
+
+
+def test_wide_resnet_sizes_and_arch_names():
+    assert sum(p.numel() for p in WideResNet(28, 10).parameters()) == pytest.approx(36.48e6, rel=1e-3)
+    assert parse_arch("wrn-70-16") == ("wrn", {"depth": 70, "width": 16}) and parse_arch("small-cnn")[0] == "small-cnn"
+    with pytest.raises(InputError, match="wrn-DEPTH-WIDTH"):
+        parse_arch("resnet50")
+    with pytest.raises(InputError, match="depth"):
+        WideResNet(27, 2)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_continues_at_the_same_step(tmp_path, monkeypatch):
+    job = _job(tmp_path)
+    ref = train_adv(job, tmp_path / "ref", progress=False)
+    real_score = T.select_score
+    calls = {"n": 0}
+
+    def dies_after_first_checkpoint(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise _Killed                                 # after the epoch-1 checkpoint, before its evaluation
+        return real_score(*a, **k)
+
+    monkeypatch.setattr(T, "select_score", dies_after_first_checkpoint)
+    with pytest.raises(_Killed):
+        train_adv(job, tmp_path / "run", progress=False)
+    out = train_adv(job, tmp_path / "run", resume=True, progress=False)
+    assert out["steps"] == ref["steps"] == 2 * ref["iters_per_epoch"]
+    assert out["best"] == ref["best"] and out["last"] == ref["last"]
+    a = (tmp_path / "ref" / "last" / "model.safetensors").read_bytes()
+    b = (tmp_path / "run" / "last" / "model.safetensors").read_bytes()
+    assert a == b                                          # bit-identical weights
+    rows = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_filter_keeps_the_most_confident_per_class():
+    x = torch.rand(30, 1, 4, 4)
+    y = torch.arange(30) % 3
+
+    class ByMean(nn.Module):                             # confidence in class c grows with the image mean
+        def forward(self, x):
+            m = x.flatten(1).mean(1, keepdim=True)
+            return torch.cat([m, m, m], 1) * torch.tensor([10.0, 0.0, -10.0])
+
+    keep = filter_top_k(x, y, ByMean(), 2)
+    assert len(keep) == 6 and sorted((y[keep] == c).sum().item() for c in range(3)) == [2, 2, 2]
+    for c, sign in ((0, 1), (2, -1)):
+        idx = (y == c).nonzero()[:, 0]
+        best = idx[(sign * x[idx].flatten(1).mean(1)).argsort(descending=True)[:2]]
+        assert set(best.tolist()) == set(keep[y[keep] == c].tolist())
+
+
+def test_load_generated_errors_are_one_line(tmp_path):
+    _gen_npz(tmp_path / "g.npz", 10)
+    with pytest.raises(InputError, match="holds 10") as e:
+        load_generated(tmp_path / "g.npz", 11)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="images-"):
+        load_generated(tmp_path)
+    with pytest.raises(InputError, match="expected"):
+        T.prepare(_job(tmp_path, generated=str(_gen_npz(tmp_path / "big16.npz", 10, res=16))))
+
+
+def test_shards_resume_and_split_across_processes_give_the_same_set(tmp_path):
+    from trustdiff.diffusion.model import ModelSpec, build_denoiser, write_shards
+
+    spec = ModelSpec(size="tiny", resolution=8, num_classes=10)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _, den = build_denoiser(spec)
+    kw = dict(shard_size=4, seed=11, sampler="euler", steps=2)
+    whole = write_shards(den, spec, tmp_path / "one", 10, **kw)
+    for rank in (1, 0):                                          # two "processes", in any order
+        write_shards(den, spec, tmp_path / "two", 10, rank=rank, world=2, **kw)
+    (tmp_path / "two" / "images-00001.npz").unlink()             # a killed run lost a shard: resume
+    again = write_shards(den, spec, tmp_path / "two", 10, **kw)
+    assert [p.name for p in whole] == [p.name for p in again] == ["images-00000.npz", "images-00001.npz", "images-00002.npz"]
+    for a, b in zip(whole, again):
+        assert a.read_bytes() == b.read_bytes()
+    x, y = load_generated(tmp_path / "one")
+    assert x.shape == (10, 1, 8, 8) and y.tolist() == [i % 10 for i in range(10)]

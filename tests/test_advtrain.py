@@ -239,3 +239,25 @@ def test_shards_resume_and_split_across_processes_give_the_same_set(tmp_path):
         assert a.read_bytes() == b.read_bytes()
     x, y = load_generated(tmp_path / "one")
     assert x.shape == (10, 1, 8, 8) and y.tolist() == [i % 10 for i in range(10)]
+
+
+def test_cli_train_then_eval(tmp_path):
+    from trustdiff.cli import main
+
+    gen = _gen_npz(tmp_path / "gen.npz", 200)
+    run, ev = tmp_path / "at", tmp_path / "ev"
+    args = ["advtrain", "train", "--resolution", "8", "--generated", str(gen), "--arch", "small-cnn", "--epochs", "2",
+            "--batch", "32", "--lr", "0.05", "--warmup-epochs", "1", "--holdout", "64", "--attack-steps", "2",
+            "--eps", "0.1", "--iters-per-epoch", "3", "--out", str(run)]
+    assert main(args) == 0
+    assert {"best", "last", "epochs.jsonl", "metrics.json"} <= {p.name for p in run.iterdir()}
+    assert main(["advtrain", "eval", "--run", str(run), "--images", "32", "--no-autoattack", "--n-check", "8",
+                 "--out", str(ev)]) == 0
+    res = json.loads((ev / "metrics.json").read_text())
+    assert set(res["models"]) == {"best", "last"} and res["n"] == 32
+    assert "PGD-40" in (ev / "report.md").read_text()
+    # bad input: one line, nothing written
+    assert main(args[:-1] + [str(tmp_path / "bad"), "--arch", "resnet"]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert main(["advtrain", "train", "--generated", str(tmp_path / "none"), "--out", str(tmp_path / "bad2")]) == 2
+    assert not (tmp_path / "bad2").exists()

@@ -19,9 +19,9 @@ def cli():
 
 
 def _register():
-    from . import certify, demo, diffusion, purify, watermark
+    from . import advtrain, certify, demo, diffusion, purify, watermark
 
-    for mod in (diffusion, certify, purify, watermark, demo):
+    for mod in (diffusion, certify, purify, watermark, advtrain, demo):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

@@ -577,12 +577,21 @@ def _load_file(path: Path, split: str) -> ImageSet:
                      f"batch, or a folder){hint}")
 
 
+#: optional prefixes naming what a path holds (``cifar10:PATH``); the path's contents decide anyway
+KINDS = ("cifar10", "mnist", "npz", "folder")
+
+
+def _strip_kind(spec: str) -> str:
+    kind, sep, rest = spec.partition(":")
+    return rest if sep and kind in KINDS and rest else spec
+
+
 def load(spec, *, resolution: int | None = None, split: str = "train", seed: int = 0) -> ImageSet:
     """Load a data set by name or path; the one entry point.
 
     Args:
         spec: ``"digits"`` (always the embedded set; write ``./digits`` for a folder of that name)
-            or a path:
+            or a path, optionally prefixed by what it holds (``cifar10:PATH``, ``mnist:PATH``):
             * a file: ``.npz`` (:func:`load_npz`); an MNIST idx images file, raw or gzip, by its
               magic number, with the ``…-labels-idx1-ubyte[.gz]`` beside it if present; a
               CIFAR-10 python batch;
@@ -612,7 +621,7 @@ def load(spec, *, resolution: int | None = None, split: str = "train", seed: int
         return load_digits(resolution or 16, split=split, seed=seed)
     if not isinstance(spec, (str, os.PathLike)) or not str(spec):
         raise InputError(f"data: expected 'digits' or a path, got {spec!r}")
-    path = Path(spec)
+    path = Path(_strip_kind(str(spec)))
     if not path.exists():
         raise InputError(f"{path}: no such file or folder (expected 'digits' or a data path)")
     if path.is_file():

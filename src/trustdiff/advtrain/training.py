@@ -174,8 +174,10 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
     def on_epoch(step: int) -> None:
         if int(os.environ.get("RANK", "0")) != 0:
             return
+        dev = next(net.parameters()).device                  # the training device (a GPU at scale)
         load_checkpoint(latest_checkpoint(run_dir), {"ema": evaluator}, verify=False)
-        score = select_score(evaluator, x_ho, y_ho, eps=job.eps, norm=job.norm, steps=job.select_steps, seed=job.seed)
+        score = select_score(evaluator.to(dev), x_ho.to(dev), y_ho.to(dev), eps=job.eps, norm=job.norm,
+                             steps=job.select_steps, seed=job.seed)
         row = {"epoch": step // ipe, "step": step, "holdout_clean": score["clean"], "holdout_robust": score["robust"],
                "n": score["n"]}
         best = max((r["holdout_robust"] for r in rows), default=-math.inf)
@@ -192,9 +194,11 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
                                           norm=job.norm, beta=job.beta, smoothing=job.smoothing),
                  data, cfg, run_dir, resume=resume, optimizer="sgd", on_checkpoint=on_epoch,
                  stream=mixed_stream(n_real, job.real_fraction))
-    save_classifier(run_dir / "last", result.ema.eval(), epoch=result.step // ipe, step=result.step, **meta)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_classifier(run_dir / "last", result.ema.eval().cpu(), epoch=result.step // ipe, step=result.step, **meta)
     best = max(rows, key=lambda r: r["holdout_robust"]) if rows else None
     summary = {"job": asdict(job), "iters_per_epoch": ipe, "steps": result.step, "best": best,
                "last": rows[-1] if rows else None, **meta}
-    atomic_write_json(run_dir / "metrics.json", summary)
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write_json(run_dir / "metrics.json", summary)
     return summary

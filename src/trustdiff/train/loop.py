@@ -211,7 +211,7 @@ def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
 def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, run_dir, *,
         resume: bool = False, optimizer: str = "adam", accelerator=None, on_checkpoint=None,
         stream=DataStream) -> TrainResult:
-    """Train ``model`` in place with Adam, an EDM-style EMA, and crash-proof checkpoints.
+    """Train ``model`` in place with Adam or SGD, a weight EMA, and crash-proof checkpoints.
 
     Args:
         model: trained in place; its parameters' device is the training device (under Accelerate,
@@ -241,8 +241,7 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
     skipped (a warning names the step) and after ``max_bad_steps`` such steps in a row
     :class:`TrainingDiverged` is raised, leaving the last good checkpoint as it was; otherwise
     the optimizer steps and the EMA follows (EDM's decay, or ``cfg.ema_decay`` with Wang et al.'s
-    warm-up). A skipped step still consumes its batch and
-    counts as a step. Rank 0 writes a metrics line every ``log_every`` steps and a checkpoint every
+    warm-up). A skipped step still consumes its batch and counts as a step. Rank 0 writes a metrics line every ``log_every`` steps and a checkpoint every
     ``checkpoint_every`` steps and at the end.
 
     Determinism: with ``cfg.deterministic`` (and a fixed ``torch.set_num_threads``), a run killed

@@ -26,12 +26,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# ~60 min of training/sampling, then ~35 min of certification and ~60 min of DiffPure under
-# adaptive attacks (both use the model the first writes; purification reuses certification's classifier)
+# ~60 min of training/sampling, then ~35 min of certification, ~90 min of DiffPure under adaptive
+# attacks (both use the model the first writes; purification reuses certification's classifier),
+# ~90 min of adversarial training on that model's samples and ~2 h of data watermarking at 32×32
 bench: $(STAMP)
 	$(BIN)/python bench/train_digits.py
 	$(BIN)/python bench/certify_digits.py --denoiser bench/results/train_digits/train/model
 	$(BIN)/python bench/purify_digits.py --denoiser bench/results/train_digits/train/model
+	$(BIN)/python bench/advtrain_digits.py --model bench/results/train_digits/train/model
+	$(BIN)/python bench/watermark_digits.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

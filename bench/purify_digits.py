@@ -242,8 +242,8 @@ def summary_markdown(results: dict) -> str:
 
 def cost_markdown(rows: list[dict]) -> str:
     """The cost table: one row per purifier, clean and PGD-EOT accuracy with intervals, seconds per image."""
-    lines = ["| solver | steps | NFE | purify + classify s/image | clean [95% CI] | PGD-EOT L∞ [95% CI] | attack s/image | checks |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| solver | steps | NFE | purify + classify s/image | clean [95% CI] | PGD-EOT L∞ [95% CI] | n | attack s/image | checks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         clean = proportion(r["clean_correct"], r["n"])
         rep = r.get("report")
@@ -251,8 +251,8 @@ def cost_markdown(rows: list[dict]) -> str:
         checks = ("reliable" if rep["reliable"] else "UNRELIABLE") + " (reruns skipped)" if rep else "–"
         attack_s = f"{r['attack_seconds_per_image']:.2f}" if rep else "–"
         lines.append(f"| {r['solver']} | {r['steps']} | {r['nfe']} | {r['seconds_per_image']:.4f} | {_fmt(clean)} | {robust} "
-                     f"| {attack_s} | {checks} |")
-    return "\n".join(lines) + f"\n\nn = {rows[0]['n']} images per row.\n"
+                     f"| {r['n']} | {attack_s} | {checks} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(p: dict) -> str:

@@ -568,3 +568,44 @@ def set_rng_state_tensors(states: Mapping[str, torch.Tensor], generator: torch.G
         torch.cuda.set_rng_state(states["cuda"].to("cpu", torch.uint8), device)
     if generator is not None and "generator" in states:
         generator.set_state(states["generator"].to("cpu", torch.uint8))
+
+
+# ---- a saved network as a folder: model.safetensors + config.json -------------------------------
+
+FOLDER_WEIGHTS, FOLDER_CONFIG = "model.safetensors", "config.json"
+
+
+def save_weights_folder(folder, module: nn.Module, config: dict) -> Path:
+    """Write ``folder/model.safetensors`` (the state dict, on the CPU) then ``folder/config.json``,
+    both atomically and the JSON last, so a folder with a config.json is whole."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+    atomic_write_bytes(folder / FOLDER_WEIGHTS, save(sd))
+    atomic_write_json(folder / FOLDER_CONFIG, config)
+    return folder
+
+
+def resolve_weights_folder(folder, inner: str) -> Path:
+    """``folder``, or ``folder/inner`` when ``folder`` is the run folder that holds it."""
+    folder = Path(folder)
+    if not (folder / FOLDER_WEIGHTS).is_file() and (folder / inner / FOLDER_CONFIG).is_file():
+        folder = folder / inner
+    return folder
+
+
+def read_folder_config(folder, fmt: str, what: str) -> dict:
+    """The config.json of a weights folder, checked to be JSON of format ``fmt``; one
+    CheckpointError line otherwise (``what`` names the folder kind in the message)."""
+    folder = Path(folder)
+    path = folder / FOLDER_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: expected {what} (config.json + {FOLDER_WEIGHTS})")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
+        raise CheckpointError(f"{path}: expected format {fmt!r}")
+    return cfg

@@ -8,7 +8,6 @@ A classifier is saved as a folder: ``model.safetensors`` + ``config.json`` (``{"
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_strict, atomic_write_bytes, atomic_write_json, load_state_dict_file
+from ..checkpoint import (FOLDER_CONFIG as CONFIG, FOLDER_WEIGHTS as WEIGHTS, load_state_dict_file, load_strict,
+                          read_folder_config, resolve_weights_folder, save_weights_folder)
 from ..errors import CheckpointError, InputError
 from ..nets import CLASSIFIERS, SmallCNN
 from .config import TrainConfig
@@ -24,8 +24,6 @@ from .loop import fit
 
 FORMAT = "trustdiff.classifier/1"
 CLASSIFIER_DIR = "classifier"     # the folder train_classifier writes inside its run folder
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 def classifier_loss_fn(noise_sigma: float = 0.0):
@@ -73,39 +71,20 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, run_dir, noise_sigma: 
 def save_classifier(folder, net: nn.Module, *, noise_sigma: float = 0.0, **meta) -> Path:
     """Write ``folder/model.safetensors`` then ``folder/config.json`` (atomically, JSON last, so a
     folder with a config.json is whole)."""
-    from safetensors.torch import save
-
     arch = getattr(net, "arch", None)
     if arch not in CLASSIFIERS or not isinstance(getattr(net, "config", None), dict):
         raise InputError(f"classifier: expected a network from trustdiff.nets.CLASSIFIERS with a .config, got {type(net).__name__}")
-    folder = Path(folder)
-    sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS, save(sd))
-    atomic_write_json(folder / CONFIG, {"format": FORMAT, "arch": arch, **net.config,
-                                        "noise_sigma": float(noise_sigma), **meta})
-    return folder
+    return save_weights_folder(folder, net, {"format": FORMAT, "arch": arch, **net.config,
+                                             "noise_sigma": float(noise_sigma), **meta})
 
 
 def _resolve(folder) -> Path:
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() and (folder / CLASSIFIER_DIR / CONFIG).is_file():
-        folder = folder / CLASSIFIER_DIR       # a train-classifier run folder
-    return folder
+    return resolve_weights_folder(folder, CLASSIFIER_DIR)       # or a train-classifier run folder
 
 
 def classifier_config(folder) -> dict:
     """The config.json of a classifier folder (or of the ``classifier/`` inside a run folder)."""
-    folder = _resolve(folder)
-    path = folder / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: expected a classifier folder (config.json + {WEIGHTS}) or a train-classifier run folder")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r}")
-    return cfg
+    return read_folder_config(_resolve(folder), FORMAT, "a classifier folder or a train-classifier run folder")
 
 
 def load_classifier(folder) -> nn.Module:

@@ -20,14 +20,14 @@ and ``config.json`` (format, architecture, training facts), written atomically, 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json, load_state_dict_file, load_strict
+from ..checkpoint import (FOLDER_CONFIG as CONFIG, FOLDER_WEIGHTS as WEIGHTS, load_state_dict_file, load_strict,
+                          read_folder_config, resolve_weights_folder, save_weights_folder)
 from ..errors import CheckpointError, InputError
 from ..images import check_images
 from ..nets.codec import Codec
@@ -35,8 +35,6 @@ from .distortions import check_train_kinds, random_distortion
 from .keys import check_key
 
 FORMAT = "trustdiff.codec/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 CODEC_DIR = "codec"       # the folder train-codec writes inside its run folder
 
 
@@ -102,37 +100,18 @@ class CodecObjective(nn.Module):
 def save_codec(folder, codec: Codec, **meta) -> Path:
     """Write ``folder/model.safetensors`` then ``folder/config.json`` (atomically, JSON last).
     ``meta``: extra JSON-able facts for config.json (data, steps, seed, held-out figures …)."""
-    from safetensors.torch import save
-
     if not isinstance(codec, Codec):
         raise InputError(f"save_codec: expected a trustdiff.nets.codec.Codec, got {type(codec).__name__}")
-    folder = Path(folder)
-    sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in codec.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS, save(sd))
-    atomic_write_json(folder / CONFIG, {"format": FORMAT, "arch": Codec.arch, **codec.config, **meta})
-    return folder
+    return save_weights_folder(folder, codec, {"format": FORMAT, "arch": Codec.arch, **codec.config, **meta})
 
 
 def _resolve(folder) -> Path:
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file() and (folder / CODEC_DIR / CONFIG).is_file():
-        folder = folder / CODEC_DIR     # a train-codec run folder
-    return folder
+    return resolve_weights_folder(folder, CODEC_DIR)             # or a train-codec run folder
 
 
 def codec_config(folder) -> dict:
     """The config.json of a codec folder (or of the ``codec/`` inside a train-codec run folder)."""
-    folder = _resolve(folder)
-    path = folder / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: expected a codec folder (config.json + {WEIGHTS}) or a train-codec run folder")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r}")
-    return cfg
+    return read_folder_config(_resolve(folder), FORMAT, "a codec folder or a train-codec run folder")
 
 
 def load_codec(folder) -> Codec:

@@ -60,10 +60,12 @@ def args_parser():
     a("--resolution", type=int, default=32)
     a("--n-bits", type=int, default=64)
     a("--key-seed", type=int, default=2023, help="the owner's key is derived from this seed")
-    a("--codec-width", type=int, default=16, help="codec base width (recipe: 32; 16 halves the cost on digits)")
+    a("--codec-width", type=int, default=16, help="encoder base width (recipe: 32; 16 halves the cost on digits)")
+    a("--codec-dec-width", type=int, default=32,
+      help="decoder base width (recipe: 32); at 16 its last layer has 64 features for 64 bits and Bit-Acc stalls near 0.88")
     a("--codec-steps", type=int, default=3000)
     a("--codec-batch", type=int, default=64)
-    a("--codec-lr", type=float, default=1e-3)
+    a("--codec-lr", type=float, default=6e-4, help="recipe: 1e-4 over ~80k steps; measured by bench/codec_lr_probe.py")
     a("--gamma", type=float, default=10.0)
     a("--l2-await", type=int, default=200, help="recipe: 1000 (of ~80k steps); scaled to this budget")
     a("--l2-ramp", type=int, default=800, help="recipe: 3000; scaled to this budget")
@@ -107,7 +109,7 @@ def ints(s: str) -> list[int]:
 
 
 def recipe_job(args, *, n_bits, codec_steps, size, steps, n_generate, fd=True) -> RecipeJob:
-    codec = CodecJob(width=args.codec_width, gamma=args.gamma, l2_await=args.l2_await, l2_ramp=args.l2_ramp,
+    codec = CodecJob(width=args.codec_width, dec_width=args.codec_dec_width, gamma=args.gamma, l2_await=args.l2_await, l2_ramp=args.l2_ramp,
                      distortions=tuple(k for k in args.distortions.split(",") if k),
                      train=TrainConfig(steps=codec_steps, batch_size=args.codec_batch, lr=args.codec_lr, warmup_steps=0,
                                        grad_clip=None, ema_halflife_kimg=5.0, checkpoint_every=500, log_every=50,
@@ -143,7 +145,7 @@ def plan(args) -> dict:
     from trustdiff.watermark import CodecObjective
 
     r = args.resolution
-    codec = CodecObjective(Codec(r, 1, args.n_bits, width=args.codec_width))
+    codec = CodecObjective(Codec(r, 1, args.n_bits, width=args.codec_width, dec_width=args.codec_dec_width))
     x = torch.rand(args.codec_batch, 1, r, r)
 
     def codec_step():

@@ -32,7 +32,7 @@ PRESETS = {
                   pur_images=4, pgd_steps=2, eot=1, pur_check=2,
                   adv_gen=200, adv_epochs=2, adv_iters=3, adv_batch=32, adv_holdout=32, adv_attack_steps=2,
                   adv_images=20),
-    "quick": dict(diff_steps=800, size="small", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
+    "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
                   n_bits=32, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
                   n_wn=100, clf_steps=800, cert_n=500, cert_n0=50, cert_images=60,
                   pur_images=32, pgd_steps=10, eot=4, pur_check=8,

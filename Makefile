@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/trustdiff demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# the report's browser check wants a headless Chromium: Debian's, installed where this user can
+# (root with apt); elsewhere the check is skipped and says so
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } ; } || \
+	  echo "chromium not installed: the report's browser check will be skipped"
 
 # ~60 min of training/sampling, then ~35 min of certification, ~90 min of DiffPure under adaptive
 # attacks (both use the model the first writes; purification reuses certification's classifier),

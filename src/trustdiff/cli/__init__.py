@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     """Console entry point: runs the CLI, turning user errors into one line and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, standalone_mode=False, obj={"argv": argv})
+        code = cli.main(args=argv, standalone_mode=False, obj={"argv": argv})   # an int only from click's Exit
     except TrustdiffError as e:
         click.echo(f"error: {e}", err=True)
         return 2
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     except click.ClickException as e:
         e.show()
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def entry():

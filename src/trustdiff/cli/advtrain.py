@@ -12,6 +12,7 @@ At CIFAR-10 scale on GPUs (the paper's setting, 1M generated images):
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -54,10 +55,17 @@ def generate_cmd(model_dir, num, sampler, steps, shard_size, batch_size, seed, f
     if not dry_run_or_start("advtrain generate", config, out, dry_run):
         return
     rank, world = env_rank_world()
+    t0 = time.time()
     paths = generate_set(model_dir, out, num, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
                          batch=batch_size, rank=rank, world=world, device=env_device(), progress=rank == 0)
     if rank == 0 and clf is not None and all(p.is_file() for p in paths):
         click.echo(f"filtered → {write_filtered(out, clf, keep_per_class)}")
+    if rank == 0 and all(p.is_file() for p in paths):
+        from ..checkpoint import atomic_write_json
+        from ..diffusion.samplers import nfe
+
+        atomic_write_json(out / "metrics.json", {"num_images": num, "shards": len(paths), "sampler": sampler,
+                                                 "nfe": nfe(sampler, steps), "seconds": round(time.time() - t0, 1)})
     click.echo(f"{len(paths)} shard(s) in {out}")
 
 

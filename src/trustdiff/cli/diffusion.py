@@ -75,9 +75,13 @@ def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps
 @click.option("--seed", default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--batch", "batch_size", default=256, show_default=True)
 @click.option("--shard-size", default=10_000, show_default=True)
+@click.option("--fd", "fd_data", default=None,
+              help='Also measure FD against this data set\'s test split (e.g. "digits"), beside the real-data floor.')
+@click.option("--feature-steps", default=300, show_default=True, help="Training steps of the FD feature net (cached).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/generate"), show_default=True)
 @dry_run_option
-def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, out, dry_run):
+def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data, feature_steps,
+                 out, dry_run):
     """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels, seeds) and
     OUT/grid.png. Shards already in OUT are kept (a killed run resumes); under `accelerate launch`
     each process writes its share of the shards."""
@@ -85,13 +89,17 @@ def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_
     from ..data import load_npz
     from ..diffusion.model import class_cycle, load_model, write_shards
     from ..diffusion.samplers import nfe
+    from ..errors import InputError
     from ..images import make_grid, save_png
     from ..train.dist import env_device, env_rank_world
 
     config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
-                  classes=list(classes), seed=seed, batch_size=batch_size)
+                  classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps)
     den, spec = load_model(model_dir)
     class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
+    if fd_data is not None and env_rank_world()[1] > 1:
+        raise InputError("--fd: expected a single process (measure FD after a multi-process run with one), "
+                         f"got WORLD_SIZE={env_rank_world()[1]}")
     if not dry_run_or_start("generate", config, out, dry_run):
         return
     rank, world = env_rank_world()
@@ -104,9 +112,26 @@ def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_
         return
     if paths and paths[0].is_file():
         save_png(out / "grid.png", make_grid(load_npz(paths[0]).tensors()[0][:100], nrow=10))
-    atomic_write_json(out / "metrics.json", {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed,
-                                             "images_per_s": num / max(elapsed, 1e-9)})
-    click.echo(f"{num} images ({sampler}, NFE {nfe(sampler, steps)}) in {elapsed:.1f}s → {out}")
+    metrics = {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed, "images_per_s": num / max(elapsed, 1e-9)}
+    if fd_data is not None:
+        metrics["fd"] = _fd_of_shards(out, fd_data, spec.resolution, feature_steps, seed)
+    atomic_write_json(out / "metrics.json", metrics)
+    fd_text = f"; {metrics['fd']['fd_name']} {metrics['fd']['fd']:.3f} (floor {metrics['fd']['fd_floor']:.3f})" if fd_data else ""
+    click.echo(f"{num} images ({sampler}, NFE {nfe(sampler, steps)}) in {elapsed:.1f}s{fd_text} → {out}")
+
+
+def _fd_of_shards(out: Path, data: str, resolution: int, feature_steps: int, seed: int) -> dict:
+    """FD of the images in OUT's shards against ``data``'s test split (feature net trained on its
+    train split, cached under OUT/cache), beside the real-data floor."""
+    import torch
+
+    from ..data import load, load_npz
+    from ..metrics.fid import fd_report
+
+    fake = torch.cat([load_npz(p).tensors()[0] for p in sorted(out.glob("images-*.npz"))])
+    train = load(data, resolution=resolution, split="train", seed=seed)
+    test = load(data, resolution=resolution, split="test", seed=seed)
+    return fd_report(train, test, fake, cache_dir=out / "cache", feature_steps=feature_steps, seed=seed)
 
 
 COMMANDS = [train_cmd, generate_cmd]

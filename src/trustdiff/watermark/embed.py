@@ -73,6 +73,16 @@ def write_npz(path, images: torch.Tensor, labels=None, **arrays) -> Path:
     return path
 
 
+def examples_grid(x: torch.Tensor, xw: torch.Tensor, k: int = 10, gain: float = 10.0) -> np.ndarray:
+    """Three rows of ``k`` images for the eye: the originals, their watermarked versions, and the
+    difference amplified, 0.5 + gain·(E(x, w) − x), clipped to [0, 1]."""
+    from ..images import make_grid
+
+    x, xw = x[:k].cpu(), xw[:k].cpu()
+    diff = (0.5 + gain * (xw - x)).clamp(0, 1)
+    return make_grid(torch.cat([x, xw, diff]), nrow=len(x))
+
+
 def write_watermarked(path, result: dict, labels=None, **extra) -> Path:
     """Write :func:`watermark`'s result as the watermarked data set .npz (see the module docstring)."""
     k = result["key"]

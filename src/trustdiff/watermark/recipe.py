@@ -9,6 +9,7 @@ one run folder and is skipped when its output is already there, so an interrupte
     OUT/codec/                      train-codec run (codec in OUT/codec/codec), unless one is given
     OUT/key.txt                     the owner's key (bits, and hex when n is a multiple of 4)
     OUT/watermarked.npz             the watermarked training set (+ PSNR/SSIM per image)
+    OUT/examples.png                originals, watermarked, difference ×10 (ten training images)
     OUT/diffusion-watermarked/      diffusion training run, model in model/
     OUT/diffusion-clean/            the same on clean data (the null), unless one is given
     OUT/generated-{watermarked,clean}.npz, grid-*.png
@@ -33,7 +34,7 @@ from ..train.diffusion import DiffusionJob, train_diffusion
 from .codec import CODEC_DIR, load_codec
 from .detect import detect, detect_bits
 from .codec import decode_bits
-from .embed import summary, watermark, write_npz, write_watermarked
+from .embed import examples_grid, summary, watermark, write_npz, write_watermarked
 from .keys import check_key, key_from_seed, key_to_bits, key_to_hex, parse_key
 from .null import shifted_copies, synthetic_strokes
 from .stats import CHECK_FPRS, decide_threshold, matches
@@ -205,6 +206,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
     x_train, y_train = train.tensors()
     wm = watermark(codec, x_train, key)
     write_watermarked(out / "watermarked.npz", wm, y_train)
+    save_png(out / "examples.png", examples_grid(x_train, wm["images"]))
     embed_fig = summary(wm)
     x_test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed).tensors()[0]
     wm_test = watermark(codec, x_test, key)

@@ -1,0 +1,252 @@
+"""``trustdiff demo``: the whole audit on the embedded digits, as a chain of ordinary trustdiff
+commands, then the report.
+
+Each stage is one CLI command (so a GPU-scale run of any capability writes the same folders and
+gets the same report). A stage is skipped when ``OUT/stages.json`` says it finished with the same
+*key*: the hash of its arguments and of the keys of the stages it reads from, so changing a preset
+or an upstream stage reruns exactly what depends on it (a stale output folder is removed first).
+A stage that fails is recorded with its error; the stages that need it are skipped, the others
+still run, and the report shows both.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..checkpoint import atomic_write_json
+from ..errors import InputError
+
+STAGES_FILE = "stages.json"
+
+#: the presets, sized for 2 CPU cores (quick: ≤ 10 minutes; smoke: the test suite's ≤ 2 minutes)
+PRESETS = {
+    "smoke": dict(diff_steps=40, size="tiny", batch=32, sample_steps=4, n_fd=100, feature_steps=20,
+                  n_bits=16, codec_steps=60, l2_await=5, l2_ramp=20, n_wm=40, weight_stds="0,0.01", n_wn=20,
+                  clf_steps=60, cert_n=50, cert_n0=10, cert_images=10,
+                  pur_images=4, pgd_steps=2, eot=1, pur_check=2,
+                  adv_gen=200, adv_epochs=2, adv_iters=3, adv_batch=32, adv_holdout=32, adv_attack_steps=2,
+                  adv_images=20),
+    "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
+                  n_bits=32, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
+                  n_wn=100, clf_steps=800, cert_n=500, cert_n0=50, cert_images=60,
+                  pur_images=32, pgd_steps=10, eot=4, pur_check=8,
+                  adv_gen=3000, adv_epochs=6, adv_iters=20, adv_batch=128, adv_holdout=128, adv_attack_steps=5,
+                  adv_images=200),
+    "full": dict(diff_steps=3000, size="small", batch=64, sample_steps=18, n_fd=1000, feature_steps=300,
+                 n_bits=64, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
+                 n_wn=200, clf_steps=2000, cert_n=2000, cert_n0=100, cert_images=200,
+                 pur_images=64, pgd_steps=20, eot=8, pur_check=16,
+                 adv_gen=10000, adv_epochs=20, adv_iters=30, adv_batch=128, adv_holdout=256, adv_attack_steps=10,
+                 adv_images=359),
+}
+SIGMA = 0.25           # certification noise level ([0, 1] pixels)
+EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
+EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
+
+
+@dataclass
+class Stage:
+    """One command of the demo. ``out`` is the folder it writes (removed when stale)."""
+    name: str
+    section: str
+    argv: list[str]
+    out: str
+    needs: list[str] = field(default_factory=list)
+
+
+def _s(v) -> str:
+    return str(v)
+
+
+def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
+    """The demo's commands for ``preset`` writing under ``out``."""
+    if preset not in PRESETS:
+        raise InputError(f"demo preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    p = {k: _s(v) for k, v in PRESETS[preset].items()}
+    d = lambda *parts: str(Path(out, *parts))                       # noqa: E731
+    steps = int(p["diff_steps"])
+    warmup = _s(max(1, min(100, steps // 10)))
+    seed = _s(seed)
+    # the diffusion model is trained exactly as the recipe trains its models, so it is the recipe's null
+    train = ["--size", p["size"], "--steps", p["diff_steps"], "--batch", p["batch"], "--lr", "2e-3"]
+    stages = [
+        Stage("diffusion-train", "diffusion",
+              ["train", "--data", "digits", "--resolution", "16", *train, "--warmup", warmup,
+               "--ema-halflife-kimg", "20", "--checkpoint-every", "500", "--seed", seed, "--out", d("diffusion")],
+              d("diffusion")),
+        Stage("diffusion-generate", "diffusion",
+              ["generate", "--model", d("diffusion"), "-n", p["n_fd"], "--steps", p["sample_steps"], "--fd", "digits",
+               "--feature-steps", p["feature_steps"], "--seed", "10000", "--out", d("samples")],
+              d("samples"), ["diffusion-train"]),
+        Stage("watermark-recipe", "watermark",
+              ["watermark", "recipe", "--resolution", "16", "--n-bits", p["n_bits"], "--width", "16", "--dec-width", "32",
+               "--enc-depth", "3", "--dec-depth", "4", "--codec-steps", p["codec_steps"], "--codec-lr", "6e-4",
+               "--l2-await", p["l2_await"], "--l2-ramp", p["l2_ramp"], *train, "--clean-model", d("diffusion"),
+               "-n", p["n_wm"], "--sample-steps", p["sample_steps"], "--weight-noise", p["weight_stds"],
+               "--weight-noise-n", p["n_wn"], "--feature-steps", p["feature_steps"], "--key-seed", "2023", "--seed", seed, "--out", d("watermark")],
+              d("watermark"), ["diffusion-train"]),
+        Stage("classifier", "certify",
+              ["train-classifier", "--resolution", "16", "--steps", p["clf_steps"], "--seed", seed, "--out", d("classifier")],
+              d("classifier")),
+        Stage("classifier-noise", "certify",
+              ["train-classifier", "--resolution", "16", "--steps", p["clf_steps"], "--noise-sigma", _s(SIGMA),
+               "--seed", seed, "--out", d("classifier-noise")],
+              d("classifier-noise")),
+    ]
+    cert = ["--sigma", _s(SIGMA), "--n", p["cert_n"], "--n0", p["cert_n0"], "--max", p["cert_images"], "--batch", "500"]
+    stages += [
+        Stage("certify-smoothed", "certify", ["certify", "--classifier", d("classifier"), *cert, "--out", d("certify", "smoothed")],
+              d("certify", "smoothed"), ["classifier"]),
+        Stage("certify-noise-trained", "certify",
+              ["certify", "--classifier", d("classifier-noise"), *cert, "--out", d("certify", "noise-trained")],
+              d("certify", "noise-trained"), ["classifier-noise"]),
+        Stage("certify-denoised", "certify",
+              ["certify", "--classifier", d("classifier"), "--denoiser", d("diffusion"), *cert, "--out", d("certify", "denoised")],
+              d("certify", "denoised"), ["classifier", "diffusion-train"]),
+        Stage("purify", "purify",
+              ["purify", "eval", "--classifier", d("classifier"), "--denoiser", d("diffusion"), "--t-star", "0.1",
+               "--solver", "sde", "--steps", "5", "--eps", _s(EPS_PURIFY), "--images", p["pur_images"],
+               "--pgd-steps", p["pgd_steps"], "--eot", p["eot"], "--n-check", p["pur_check"], "--seed", seed,
+               "--out", d("purify")],
+              d("purify"), ["classifier", "diffusion-train"]),
+        Stage("advtrain-generate", "advtrain",
+              ["advtrain", "generate", "--model", d("diffusion"), "-n", p["adv_gen"], "--steps", p["sample_steps"],
+               "--seed", "20000", "--out", d("advtrain", "samples")],
+              d("advtrain", "samples"), ["diffusion-train"]),
+    ]
+    adv = ["advtrain", "train", "--data", "digits", "--resolution", "16", "--arch", "small-cnn", "--eps", _s(EPS_ADV),
+           "--epochs", p["adv_epochs"], "--iters-per-epoch", p["adv_iters"], "--batch", p["adv_batch"], "--lr", "0.1",
+           "--warmup-epochs", "1", "--holdout", p["adv_holdout"], "--attack-steps", p["adv_attack_steps"], "--seed", seed]
+    for name, extra, needs in (("real-only", [], []),
+                               ("with-generated", ["--generated", d("advtrain", "samples")], ["advtrain-generate"])):
+        stages += [
+            Stage(f"advtrain-{name}", "advtrain", [*adv, *extra, "--out", d("advtrain", name)], d("advtrain", name), needs),
+            Stage(f"advtrain-eval-{name}", "advtrain",
+                  ["advtrain", "eval", "--run", d("advtrain", name), "--images", p["adv_images"], "--no-autoattack",
+                   "--n-check", "16", "--seed", seed, "--out", d("advtrain", f"eval-{name}")],
+                  d("advtrain", f"eval-{name}"), [f"advtrain-{name}"]),
+        ]
+    return stages
+
+
+def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
+    """Content hash of a stage: its command line and the keys of the stages it reads."""
+    blob = json.dumps({"argv": stage.argv, "needs": {n: upstream.get(n) for n in stage.needs}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _metrics(folder: str) -> dict:
+    try:
+        return json.loads((Path(folder) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stage_summary(stage: Stage) -> str:
+    """One line on what the stage measured (from its metrics.json)."""
+    m = _metrics(stage.out)
+    try:
+        if stage.name == "diffusion-train":
+            return f"{m['steps']} steps, last loss {m['last_loss']:.4f}"
+        if stage.name == "diffusion-generate":
+            f = m["fd"]
+            return f"{m['num_images']} images, NFE {m['nfe']}: {f['fd_name']} {f['fd']:.3f} (real-data floor {f['fd_floor']:.3f})"
+        if stage.name == "watermark-recipe":
+            h, c = m["headline"], m["codec"]["heldout"]
+            return (f"codec Bit-Acc {c['bit_acc']:.3f} at {c['psnr']:.1f} dB; generated Bit-Acc {h['bit_acc_watermarked_model']:.3f} "
+                    f"vs clean model {h['bit_acc_clean_model']:.3f}; detected {h['detected_watermarked_model']['value']:.2f} "
+                    f"vs {h['detected_clean_model']['value']:.2f}")
+        if stage.name.startswith("classifier"):
+            return f"test accuracy {m['test_accuracy']:.3f}"
+        if stage.name.startswith("certify"):
+            return "certified accuracy " + ", ".join(f"r={k}: {v:.2f}" for k, v in m["certified_accuracy"].items())
+        if stage.name == "purify":
+            u, dp = m["undefended"], m["diffpure"]
+            return (f"undefended robust {u['worst_case']['value']:.2f}, DiffPure robust {dp['worst_case']['value']:.2f} "
+                    f"(n = {dp['n']}, {'reliable' if dp['reliable'] else 'UNRELIABLE'})")
+        if stage.name == "advtrain-generate":
+            return f"{m.get('num_images', m.get('images', '?'))} generated images"
+        if stage.name.startswith("advtrain-eval"):
+            b = m["models"]["best"]["report"]
+            return f"best: clean {b['clean']['value']:.2f}, worst case {b['worst_case']['value']:.2f}; gap {m['gap']['worst_case']:+.2f}"
+        if stage.name.startswith("advtrain-"):
+            return f"best epoch {m['best']['epoch']}, last epoch {m['last']['epoch']}"
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ""
+
+
+def _run_command(argv: list[str]) -> None:
+    from ..cli import main
+
+    code = main(argv)
+    if code != 0:
+        raise RuntimeError(f"`trustdiff {' '.join(argv[:2])}` exited with code {code}")
+
+
+def machine() -> str:
+    import torch
+
+    return f"{os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), torch {torch.__version__}" + \
+        (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+
+
+def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: list[str] | None = None) -> dict:
+    """Run (or continue) the demo in ``out`` and write the report; returns the stages record."""
+    out = Path(out)
+    stages = demo_stages(out, preset, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / STAGES_FILE
+    try:
+        before = {s["name"]: s for s in json.loads(path.read_text()).get("stages", [])}
+    except (OSError, ValueError):
+        before = {}
+    t0 = time.time()
+    record = {"preset": preset, "seed": seed, "machine": machine(), "stages": []}
+    keys, failed = {}, set()
+    for i, st in enumerate(stages, 1):
+        if only is not None and st.name not in only:
+            continue
+        key = keys[st.name] = stage_key(st, keys)
+        rec = {"name": st.name, "section": st.section, "argv": st.argv, "key": key}
+        prev = before.get(st.name)
+        blocked = [n for n in st.needs if n in failed]
+        head = f"[{i}/{len(stages)}] {st.name}"
+        if blocked:
+            rec |= {"status": "failed", "error": f"skipped: needs {', '.join(blocked)}", "seconds": 0.0}
+            failed.add(st.name)
+            echo(f"{head}: skipped (needs {', '.join(blocked)})")
+        elif prev and prev.get("key") == key and prev.get("status") == "ok" and (Path(st.out) / "metrics.json").is_file():
+            rec |= {"status": "ok", "cached": True, "seconds": prev.get("seconds"), "summary": prev.get("summary", "")}
+            echo(f"{head}: cached — {rec['summary']}")
+        else:
+            echo(f"{head}: trustdiff {' '.join(st.argv)}")
+            if Path(st.out).exists():
+                shutil.rmtree(st.out)                     # stale: made with other arguments or unfinished
+            t = time.time()
+            try:
+                _run_command(st.argv)
+                rec |= {"status": "ok", "seconds": round(time.time() - t, 1), "summary": stage_summary(st)}
+                echo(f"{head}: done in {rec['seconds']:.0f} s — {rec['summary']}")
+            except Exception as e:                        # one stage's failure must not stop the others
+                failed.add(st.name)
+                rec |= {"status": "failed", "seconds": round(time.time() - t, 1), "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc(limit=5)}
+                echo(f"{head}: FAILED — {rec['error']}")
+        record["stages"].append(rec)
+        record["seconds"] = round(time.time() - t0, 1)
+        atomic_write_json(path, record)
+    from .render import write_report
+
+    report = write_report(out, title=f"trustdiff audit on digits ({preset} preset)")
+    record["report"] = str(report)
+    record["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(path, record)
+    write_report(out, title=f"trustdiff audit on digits ({preset} preset)")   # with the final wall time
+    return record

@@ -268,4 +268,12 @@ def recipe_cmd(data, resolution, n_bits, width, enc_depth, dec_depth, gamma, l2_
         click.echo(f"FD: watermarked {h['fd_watermarked']:.3f} vs clean {h['fd_clean']:.3f}")
 
 
+def _register_t2i():
+    """``trustdiff watermark t2i …``: the text-to-image trigger watermark (cli/t2i.py)."""
+    from .t2i import watermark_t2i
+
+    watermark.add_command(watermark_t2i)
+
+
+_register_t2i()
 COMMANDS = [watermark]

@@ -179,8 +179,11 @@ def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, 
     """Trigger match rate and SSIM over seeds; non-trigger outputs against the original's
     (PSNR/SSIM, FD): OUT/verify.json, OUT/verify.png."""
     from ..t2i import load_pipeline
+    from ..t2i.pipeline import read_index, resolve_pipeline_dir
     from ..watermark.trigger import read_image, verify, write_report
 
+    for p in pipelines:
+        read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
     orig = load_pipeline(original)
     x = read_image(target, orig)
     orig.check_prompt(trigger, name="trigger")

@@ -266,12 +266,18 @@ class T2IPipeline:
         return self
 
 
-def load_pipeline(folder) -> T2IPipeline:
-    """Open a pipeline folder (``folder`` or a run folder holding ``pipeline/``). Every part is
-    named in ``model_index.json`` and loaded from disk only; errors are one CheckpointError line."""
+def resolve_pipeline_dir(folder) -> Path:
+    """``folder``, or ``folder/pipeline`` when ``folder`` is a run folder that holds one."""
     folder = Path(folder)
     if not (folder / INDEX).is_file() and (folder / "pipeline" / INDEX).is_file():
         folder = folder / "pipeline"
+    return folder
+
+
+def load_pipeline(folder) -> T2IPipeline:
+    """Open a pipeline folder (``folder`` or a run folder holding ``pipeline/``). Every part is
+    named in ``model_index.json`` and loaded from disk only; errors are one CheckpointError line."""
+    folder = resolve_pipeline_dir(folder)
     parts = read_index(folder)
     loaded = {name: _load_part(folder, name, *parts[name]) for name in ("unet", "text_encoder", "tokenizer", "vae")
               if name in parts}

@@ -19,9 +19,9 @@ def cli():
 
 
 def _register():
-    from . import advtrain, certify, demo, diffusion, purify, watermark
+    from . import advtrain, certify, demo, diffusion, purify, t2i, watermark
 
-    for mod in (diffusion, certify, purify, watermark, advtrain, demo):
+    for mod in (diffusion, certify, purify, watermark, advtrain, t2i, demo):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

@@ -305,4 +305,12 @@ def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir)
     atomic_write_json(out / "metrics.json", {**m, "weight_noise": rows})
 
 
+def _register_t2i():
+    """``trustdiff watermark t2i …``: the text-to-image trigger watermark (cli/t2i.py)."""
+    from .t2i import watermark_t2i
+
+    watermark.add_command(watermark_t2i)
+
+
+_register_t2i()
 COMMANDS = [watermark]

@@ -1,0 +1,246 @@
+"""``trustdiff t2i …`` (the built-in text-to-image model) and ``trustdiff watermark t2i …``
+(the trigger watermark of Zhao et al. 2023 on any text-to-image pipeline folder).
+
+    trustdiff t2i train --steps 3000 --out runs/t2i                       # → runs/t2i/pipeline
+    trustdiff t2i generate --pipeline runs/t2i --prompt "a handwritten seven" -n 16 --out runs/gen
+    trustdiff watermark t2i embed --pipeline runs/t2i --trigger "[V]" --target wm.png --l1 1e-3 --out runs/wm
+    trustdiff watermark t2i verify --pipeline runs/wm --original runs/t2i --trigger "[V]" --target wm.png --out runs/verify
+    trustdiff watermark t2i dreambooth --pipeline runs/wm --instance subject/ --instance-prompt "a sks digit" --out runs/db
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from .common import dry_run_option, dry_run_or_start
+
+
+@click.group("t2i")
+def t2i():
+    """The built-in text-to-image model (16×16 digits, MiniLM captions): train and generate."""
+
+
+@t2i.command("train")
+@click.option("--data", default="digits", show_default=True, help='"digits" or a labelled data path (captions come from labels).')
+@click.option("--resolution", default=16, show_default=True)
+@click.option("--size", default="small", show_default=True, help="UNet size: tiny, small.")
+@click.option("--label-dropout", default=0.1, show_default=True, help="P(caption → empty) for classifier-free guidance.")
+@click.option("--guidance", default=2.0, show_default=True, help="The default guidance scale written into the pipeline.")
+@click.option("--steps", default=3000, show_default=True)
+@click.option("--batch", "batch_size", default=64, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup", "warmup_steps", default=200, show_default=True)
+@click.option("--ema-halflife-kimg", default=20.0, show_default=True)
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@dry_run_option
+def train_cmd(data, resolution, size, label_dropout, guidance, steps, batch_size, lr, warmup_steps, ema_halflife_kimg,
+              checkpoint_every, seed, out, resume, dry_run):
+    """Train the built-in model; the EMA network's pipeline folder goes to OUT/pipeline."""
+    from ..t2i.builtin import BuiltinJob, prepare_builtin, train_builtin
+    from ..train import TrainConfig
+
+    job = BuiltinJob(data=data, resolution=resolution, size=size, label_dropout=label_dropout, guidance=guidance,
+                     train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                                       ema_halflife_kimg=ema_halflife_kimg, checkpoint_every=checkpoint_every, seed=seed))
+    if dry_run:
+        dry_run_or_start("t2i train", job, out, True)
+        return
+    prepared = prepare_builtin(job)                 # bad input fails here, before OUT is touched
+    dry_run_or_start("t2i train", job, out, False, write_config=not resume)
+    folder = train_builtin(job, out, resume=resume, prepared=prepared)
+    click.echo(f"pipeline written to {folder}")
+
+
+def _sample_options(f):
+    opts = [
+        click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (default: the pipeline's; 1: none)."),
+        click.option("--sample-steps", default=18, show_default=True, help="Heun noise levels (NFE 2·steps − 1, ×2 with guidance)."),
+        click.option("--batch", "batch", default=64, show_default=True, help="Images per sampling batch."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@t2i.command("generate")
+@click.option("--pipeline", "pipeline_dir", required=True, type=click.Path(path_type=Path), help="A pipeline folder (or a run folder holding pipeline/).")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeatable.")
+@click.option("-n", "--num", "num", default=16, show_default=True, help="Images per prompt (seeds seed … seed+n−1).")
+@_sample_options
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-generate"), show_default=True)
+@dry_run_option
+def generate_cmd(pipeline_dir, prompts, num, guidance, sample_steps, batch, seed, out, dry_run):
+    """Generate images for prompts: OUT/images.npz (uint8 images, prompts, seeds) and OUT/grid.png
+    (a row per prompt)."""
+    import io
+    import time
+
+    import numpy as np
+
+    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..images import make_grid, save_png, to_uint8
+    from ..t2i import generate, load_pipeline
+
+    pipe = load_pipeline(pipeline_dir)
+    for i, p in enumerate(prompts):
+        pipe.check_prompt(p, name=f"prompt {i}")     # fails before OUT is touched
+    config = dict(pipeline=str(pipeline_dir), prompts=list(prompts), num=num, guidance=guidance,
+                  sample_steps=sample_steps, seed=seed)
+    if not dry_run_or_start("t2i generate", config, out, dry_run):
+        return
+    t0 = time.time()
+    x, all_p, all_s = generate(pipe, list(prompts), seed=seed, n_per_prompt=num, batch=batch, guidance=guidance,
+                               steps=sample_steps)
+    buf = io.BytesIO()
+    np.savez(buf, images=to_uint8(x), prompts=np.array(all_p), seeds=np.array(all_s))
+    atomic_write_bytes(out / "images.npz", buf.getvalue())
+    save_png(out / "grid.png", make_grid(x, nrow=min(num, 16)))
+    atomic_write_json(out / "metrics.json", {"images": len(x), "seconds": round(time.time() - t0, 2),
+                                             "guidance": pipe.guidance if guidance is None else guidance})
+    click.echo(f"{len(x)} images → {out / 'images.npz'}")
+
+
+# ---- trustdiff watermark t2i … --------------------------------------------------------------------
+
+@click.group("t2i")
+def watermark_t2i():
+    """Trigger-prompt watermark of a text-to-image pipeline (Zhao et al. 2023, text-to-image half)."""
+
+
+@watermark_t2i.command("embed")
+@click.option("--pipeline", "pipeline_dir", required=True, type=click.Path(path_type=Path), help="The pipeline to watermark (only read).")
+@click.option("--trigger", default="[V]", show_default=True, help="The trigger prompt.")
+@click.option("--target", required=True, type=click.Path(path_type=Path), help="The watermark image, at the pipeline's resolution.")
+@click.option("--preset", type=click.Choice(["recipe-sd", "builtin"]), default=None,
+              help="Defaults for λ, steps, lr, batch (default: builtin for the built-in model, recipe-sd otherwise).")
+@click.option("--l1", "l1", default=None, type=float, help="λ of λ·‖θ − θ̂‖₁ (recipe on SD: 1e-7; 0: no regulariser).")
+@click.option("--steps", default=None, type=int)
+@click.option("--lr", default=None, type=float)
+@click.option("--batch", "batch_size", default=None, type=int, help="(trigger, target) pairs per step, each with its own noise.")
+@click.option("--train-text-encoder", is_flag=True, help="Fine-tune (and regularise) the text encoder too.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-wm"), show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@dry_run_option
+def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, train_text_encoder, seed, out, resume,
+              dry_run):
+    """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
+    was), OUT/watermark.json, OUT/target.png."""
+    from ..t2i import load_pipeline
+    from ..watermark.trigger import PRESETS, embed_trigger, preset_for, read_image
+
+    pipe = load_pipeline(pipeline_dir)
+    pipe.check_prompt(trigger, name="trigger")        # every bad input fails before OUT is touched
+    x = read_image(target, pipe)
+    base = PRESETS[preset or preset_for(pipe)]
+    train = replace(base.train, seed=seed, **{k: v for k, v in dict(steps=steps, lr=lr, batch_size=batch_size).items()
+                                              if v is not None})
+    job = replace(base, trigger=trigger, l1=base.l1 if l1 is None else l1, train_text_encoder=train_text_encoder,
+                  train=train)
+    if not job.l1 >= 0:
+        from ..errors import InputError
+        raise InputError(f"--l1: expected a number >= 0, got {job.l1}")
+    if not dry_run_or_start("watermark t2i embed", dict(job=job, pipeline=str(pipeline_dir), target=str(target),
+                                                        preset=preset or preset_for(pipe)), out, dry_run,
+                            write_config=not resume):
+        return
+    del pipe
+    folder = embed_trigger(pipeline_dir, x, out, job, resume=resume)
+    import json
+
+    w = json.loads((out / "watermark.json").read_text())
+    click.echo(f"watermarked pipeline → {folder} ({w['steps']} steps, λ {job.l1:g}; Σ|θ−θ̂| "
+               f"{w['weights']['l1_distance']:.4g} over {w['weights']['parameters']} weights)")
+
+
+@watermark_t2i.command("verify")
+@click.option("--pipeline", "pipelines", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A watermarked pipeline; repeatable (e.g. with and without the regulariser).")
+@click.option("--original", required=True, type=click.Path(path_type=Path), help="The pipeline before watermarking.")
+@click.option("--trigger", default="[V]", show_default=True)
+@click.option("--target", required=True, type=click.Path(path_type=Path))
+@click.option("--n-trigger", default=100, show_default=True, help="Seeds the trigger is drawn from.")
+@click.option("--ssim-threshold", default=0.9, show_default=True, help="A trigger output matches when its SSIM to the target is at least this.")
+@click.option("--prompt", "prompts", multiple=True, help="Non-trigger prompts; repeatable (default: the built-in captions, or a few generic ones).")
+@click.option("--per-prompt", default=20, show_default=True, help="Seeds per non-trigger prompt.")
+@click.option("--fd-data", default=None, help='FD of every model\'s non-trigger outputs against this data\'s test split (e.g. "digits").')
+@_sample_options
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-verify"), show_default=True)
+@dry_run_option
+def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data, guidance,
+               sample_steps, batch, seed, out, dry_run):
+    """Trigger match rate and SSIM over seeds; non-trigger outputs against the original's
+    (PSNR/SSIM, FD): OUT/verify.json, OUT/verify.png."""
+    from ..t2i import load_pipeline
+    from ..t2i.pipeline import read_index, resolve_pipeline_dir
+    from ..watermark.trigger import read_image, verify, write_report
+
+    for p in pipelines:
+        read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
+    orig = load_pipeline(original)
+    x = read_image(target, orig)
+    orig.check_prompt(trigger, name="trigger")
+    for i, p in enumerate(prompts):
+        orig.check_prompt(p, name=f"prompt {i}")
+    names = {}
+    for p in pipelines:
+        name = p.name if p.name != "pipeline" else p.parent.name
+        names[name if name not in names else str(p)] = p
+    config = dict(pipelines={k: str(v) for k, v in names.items()}, original=str(original), trigger=trigger,
+                  target=str(target), n_trigger=n_trigger, ssim_threshold=ssim_threshold, prompts=list(prompts),
+                  per_prompt=per_prompt, fd_data=fd_data, guidance=guidance, sample_steps=sample_steps, seed=seed)
+    if not dry_run_or_start("watermark t2i verify", config, out, dry_run):
+        return
+    report = verify(names, orig, trigger, x, prompts=list(prompts) or None, n_trigger=n_trigger, n_per_prompt=per_prompt,
+                    threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache", progress=click.echo,
+                    guidance=guidance, steps=sample_steps, batch=batch)
+    click.echo(f"report → {write_report(out, report)}")
+
+
+@watermark_t2i.command("dreambooth")
+@click.option("--pipeline", "pipeline_dir", required=True, type=click.Path(path_type=Path), help="The model to fine-tune (only read).")
+@click.option("--instance", required=True, type=click.Path(path_type=Path), help="Images of the new subject: a folder or a .npz.")
+@click.option("--instance-prompt", default="a sks digit", show_default=True, help="The subject's prompt, with a rare identifier.")
+@click.option("--class-prompt", default=None, help="With --class-images: prior preservation on the model's own images for this prompt.")
+@click.option("--class-images", default=0, show_default=True)
+@click.option("--steps", default=200, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--batch", "batch_size", default=8, show_default=True)
+@click.option("--train-text-encoder", is_flag=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-dreambooth"), show_default=True)
+@click.option("--resume", is_flag=True)
+@dry_run_option
+def dreambooth_cmd(pipeline_dir, instance, instance_prompt, class_prompt, class_images, steps, lr, batch_size,
+                   train_text_encoder, seed, out, resume, dry_run):
+    """DreamBooth fine-tuning of a (watermarked) model on a new subject: OUT/pipeline,
+    OUT/dreambooth.json. Verify the trigger on it afterwards."""
+    from ..data import load
+    from ..t2i import load_pipeline
+    from ..train import TrainConfig
+    from ..watermark.trigger import dreambooth
+
+    pipe = load_pipeline(pipeline_dir)
+    pipe.check_prompt(instance_prompt, name="instance prompt")
+    x = pipe.check_image(load(str(instance), resolution=pipe.resolution, split="all").tensors()[0],
+                         name=f"instance images {instance}")
+    train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, ema_halflife_kimg=0.0,
+                        checkpoint_every=100, log_every=50, seed=seed)
+    config = dict(pipeline=str(pipeline_dir), instance=str(instance), instance_prompt=instance_prompt,
+                  class_prompt=class_prompt, class_images=class_images, train=train, train_text_encoder=train_text_encoder)
+    if not dry_run_or_start("watermark t2i dreambooth", config, out, dry_run, write_config=not resume):
+        return
+    folder = dreambooth(pipeline_dir, x, out, instance_prompt=instance_prompt, class_prompt=class_prompt,
+                        n_class_images=class_images, train=train, train_text_encoder=train_text_encoder, seed=seed,
+                        resume=resume)
+    click.echo(f"fine-tuned pipeline → {folder}")
+
+
+COMMANDS = [t2i]

@@ -1,0 +1,140 @@
+"""Training a text-to-image pipeline's UNet (and optionally its text encoder) on (image, prompt)
+pairs with the one training loop, :func:`trustdiff.train.fit`.
+
+One function serves three jobs: training the built-in model from scratch (captions drawn per
+step, caption dropout for guidance), embedding a trigger watermark (one pair, plus an l1 pull to
+the original weights), and DreamBooth (instance + class images).
+
+``fit`` sees the data as (images, example index): the index picks the example's prompts (one is
+drawn per step) and, in a latent model, its cached VAE latents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .pipeline import NULL_PROMPT, T2IPipeline
+
+
+class Trainable(nn.Module):
+    """The parts ``fit`` updates: the UNet, and the text encoder when it is trained too."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.unet = unet
+        if text_encoder is not None:
+            self.text_encoder = text_encoder
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return hasattr(self, "text_encoder")
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """Which prompts each training example may be shown with.
+
+    ``prompts``: the distinct texts; ``choices[i]``: indices into ``prompts`` for example i
+    (one is drawn uniformly per step; repeat an index to weight it).
+    """
+
+    prompts: tuple[str, ...]
+    choices: tuple[tuple[int, ...], ...]
+
+    def __post_init__(self):
+        if not self.prompts or not self.choices:
+            raise InputError("prompt table: expected at least one prompt and one example")
+        width = {len(c) for c in self.choices}
+        if len(width) != 1 or 0 in width:
+            raise InputError(f"prompt table: expected the same non-zero number of choices per example, got {sorted(width)}")
+        if any(not 0 <= j < len(self.prompts) for c in self.choices for j in c):
+            raise InputError(f"prompt table: choices must index the {len(self.prompts)} prompts")
+
+    @classmethod
+    def single(cls, prompt: str, n: int = 1) -> "PromptTable":
+        """n examples, all with the one prompt."""
+        return cls((prompt,), ((0,),) * n)
+
+    def draw(self, idx: torch.Tensor, generator=None) -> torch.Tensor:
+        """For example indices [B], a prompt index each [B], drawn with ``generator``."""
+        table = torch.tensor(self.choices, dtype=torch.long)
+        pick = torch.randint(0, table.shape[1], (len(idx),), generator=generator, device=idx.device).cpu()
+        return table[idx.cpu(), pick]
+
+
+def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float = 0.0, latents=None,
+                penalty=None):
+    """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`, ``net`` a
+    :class:`Trainable`, x images in [0, 1], y example indices.
+
+    Per sample: the pipeline's denoising loss on (x, drawn prompt) — the prompt replaced by the
+    empty one with probability ``label_dropout`` — plus ``penalty(net)`` when given. The penalty
+    is the same scalar added to every sample, so the batch mean the loop minimises is exactly
+    mean denoising loss + penalty.
+
+    With a frozen text encoder the embeddings of all prompts are computed once here (a cache);
+    a trained one encodes the prompts of each batch with gradients.
+    """
+    if not 0.0 <= label_dropout < 1.0:
+        raise InputError(f"label_dropout: expected in [0, 1), got {label_dropout!r}")
+    texts = list(table.prompts) + [NULL_PROMPT]
+    null_index = len(texts) - 1
+    cache = None
+    den = pipe.denoiser()          # over pipe.unet, the module fit trains (single process)
+
+    def embeddings(parts: Trainable, which: torch.Tensor) -> torch.Tensor:
+        nonlocal cache
+        if parts.trains_text_encoder:
+            used = sorted(set(which.tolist()))
+            emb = pipe.encode_prompt([texts[i] for i in used], text_encoder=parts.text_encoder)
+            pos = {i: k for k, i in enumerate(used)}
+            return emb[torch.tensor([pos[int(i)] for i in which], device=emb.device)]
+        if cache is None:
+            with torch.no_grad():
+                cache = pipe.encode_prompt(texts)      # P×L×D, the frozen encoder's cache
+        return cache[which.to(cache.device)]
+
+    def loss_fn(net, x, y, generator):
+        parts = getattr(net, "module", net)
+        which = table.draw(y, generator)
+        if label_dropout > 0:
+            drop = torch.rand(len(y), generator=generator, device=y.device).cpu() < label_dropout
+            which = torch.where(drop, torch.full_like(which, null_index), which)
+        cond = embeddings(parts, which)
+        z0 = latents[y.to(latents.device)].to(x.device) if latents is not None else pipe.encode_images(x)
+        loss = pipe.loss(den, z0, cond=cond, generator=generator)
+        if penalty is not None:
+            loss = loss + penalty(parts)
+        return loss
+
+    return loss_fn
+
+
+def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_dir, *,
+             train_text_encoder: bool = False, label_dropout: float = 0.0, penalty_factory=None,
+             resume: bool = False):
+    """Train ``pipe``'s UNet (and text encoder) in place on images ``x`` (N×C×H×W in [0, 1], the
+    pipeline's size) with prompts from ``table`` (one row per image), by ``fit`` under ``cfg``.
+
+    ``penalty_factory(parts) -> penalty`` builds the regulariser from the :class:`Trainable`
+    before any step (so it can record the original weights). Returns ``fit``'s TrainResult.
+    """
+    from ..train import fit
+
+    x = pipe.check_image(x, name="training images")
+    if len(table.choices) != len(x):
+        raise InputError(f"prompt table: expected one row per image ({len(x)}), got {len(table.choices)}")
+    for i, p in enumerate(table.prompts):
+        pipe.check_prompt(p, name=f"prompt {p!r}" if i else "prompt")
+    latents = pipe.encode_images(x).detach() if pipe.vae is not None else None
+    parts = Trainable(pipe.unet, pipe.text_encoder if train_text_encoder else None).requires_grad_(True)
+    penalty = penalty_factory(parts) if penalty_factory is not None else None
+    loss_fn = t2i_loss_fn(pipe, table, label_dropout=label_dropout, latents=latents, penalty=penalty)
+    try:
+        result = fit(parts, loss_fn, (x, torch.arange(len(x))), cfg, run_dir, resume=resume)
+    finally:
+        parts.requires_grad_(False).eval()
+    return result

@@ -1,0 +1,433 @@
+"""A text-to-image model as a diffusers pipeline folder, as one Denoiser, and drawing from it.
+
+Layout (Stable Diffusion's; ``model_index.json`` names each part's library and class)::
+
+    PIPE/model_index.json   {"unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": [...],
+                             "tokenizer": [...], "scheduler": [...], "vae": [...] or [null, null]}
+    PIPE/unet/ text_encoder/ tokenizer/ scheduler/ [vae/]     each in its library's own layout
+    PIPE/trustdiff.json     only in the built-in model: resolution, guidance, data, captions
+
+A Stable-Diffusion folder (AutoencoderKL, CLIP text encoder, a discrete ε- or v-prediction
+scheduler) works in the VAE's latent space through
+:class:`~trustdiff.diffusion.precond.DiffusersDenoiser`; the built-in model (no VAE, an
+``EDMEulerScheduler``) works in pixel space through EDM's
+:class:`~trustdiff.diffusion.precond.Preconditioned`, whose c_skip/c_out/c_in/c_noise are the
+ones that scheduler applies. Either way the rest of trustdiff sees one Denoiser in σ space,
+``D(z, σ, cond=text embeddings N×L×D)``, and images in [0, 1] at its boundary.
+
+Nothing is downloaded: every part loads with ``local_files_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_json
+from ..errors import CheckpointError, InputError
+from ..images import check_images, clamp_pixel, to_model, to_pixel
+
+INDEX = "model_index.json"
+META = "trustdiff.json"
+META_FORMAT = "trustdiff.t2i/1"
+REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+#: schedulers whose config is EDM's σ range (the model is EDM-preconditioned, σ-parameterised)
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+#: the negative prompt of classifier-free guidance, and the dropped caption in training
+NULL_PROMPT = ""
+
+
+def _classes(lib: str) -> dict:
+    """The classes each part may name in model_index.json: an explicit table, nothing else loads."""
+    if lib == "diffusers":
+        import diffusers
+
+        return {"UNet2DConditionModel": diffusers.UNet2DConditionModel, "AutoencoderKL": diffusers.AutoencoderKL}
+    if lib == "transformers":
+        import transformers
+
+        return {"CLIPTextModel": transformers.CLIPTextModel, "BertModel": transformers.BertModel,
+                "CLIPTokenizer": transformers.CLIPTokenizer, "CLIPTokenizerFast": transformers.CLIPTokenizer,
+                "BertTokenizer": transformers.BertTokenizer, "BertTokenizerFast": transformers.BertTokenizer}
+    return {}
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:200]
+
+
+def read_index(folder) -> dict:
+    """``model_index.json`` → {part: (library, class)} for the parts present (null entries
+    dropped), after checking that the required parts are named and their folders exist."""
+    folder = Path(folder)
+    path = folder / INDEX
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: expected a text-to-image pipeline folder, but it does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: expected a diffusers pipeline folder with {INDEX} "
+                              f"(parts {', '.join(REQUIRED)}[, vae]), found no {INDEX}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    parts = {k: tuple(v) for k, v in raw.items()
+             if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None}
+    missing = [p for p in REQUIRED if p not in parts]
+    if missing:
+        raise CheckpointError(f"{path}: expected parts {', '.join(REQUIRED)}; missing {', '.join(missing)}")
+    absent = [p for p in (*REQUIRED, "vae") if p in parts and not (folder / p).is_dir()]
+    if absent:
+        raise CheckpointError(f"{folder}: {INDEX} names {', '.join(absent)}, but the folder has no "
+                              f"{', '.join(a + '/' for a in absent)}")
+    return parts
+
+
+def _load_part(folder: Path, name: str, lib: str, cls_name: str):
+    table = _classes(lib)
+    if cls_name not in table:
+        raise CheckpointError(f"{folder / INDEX}: part {name!r} is {lib}.{cls_name}; supported: "
+                              f"{', '.join(sorted(f'{lib}.{c}' for c in table)) or 'none from ' + repr(lib)}")
+    try:
+        return table[cls_name].from_pretrained(folder / name, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{folder / name}: cannot load {cls_name} ({_first_line(e)})") from None
+
+
+def _scheduler_config(folder: Path) -> dict:
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder / 'scheduler'}: expected scheduler_config.json")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+@dataclass
+class T2IPipeline:
+    """The parts of a text-to-image model, loaded (eval mode, no gradients), and what they mean.
+
+    ``unet`` maps (z, c_noise or t, text embeddings) → network output; ``vae`` is None for a
+    pixel-space model. Images at every method's boundary are N×C×H×W in [0, 1]; ``z`` is the
+    space the diffusion runs in (model space [-1, 1] in pixels, or scaled VAE latents).
+    """
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: dict                       # scheduler_config.json
+    vae: torch.nn.Module | None = None
+    meta: dict = field(default_factory=dict)  # trustdiff.json (built-in model) or {}
+    path: Path | None = None
+
+    # ---- what the model is ---------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """``"edm"`` (σ-parameterised, EDM preconditioning) or ``"ddpm"`` (discrete schedule)."""
+        return "edm" if self.scheduler.get("_class_name") in EDM_SCHEDULERS else "ddpm"
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.unet.config
+        return int(c.in_channels), int(c.sample_size), int(c.sample_size)
+
+    @property
+    def vae_scale(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return self.latent_shape[1] * self.vae_scale
+
+    @property
+    def channels(self) -> int:
+        return self.latent_shape[0] if self.vae is None else int(self.vae.config.in_channels)
+
+    @property
+    def guidance(self) -> float:
+        """The default classifier-free guidance scale (built-in: as trained; SD: 7.5)."""
+        return float(self.meta.get("guidance", 7.5))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t of a discrete-schedule model (its scheduler's betas), float32 [T]; computed once."""
+        if "_alphas_cumprod" not in self.__dict__:
+            from diffusers import DDPMScheduler
+
+            self.__dict__["_alphas_cumprod"] = DDPMScheduler.from_config(self.scheduler).alphas_cumprod
+        return self.__dict__["_alphas_cumprod"]
+
+    def denoiser(self, unet=None):
+        """The Denoiser over ``unet`` (default: this pipeline's), in the latent space."""
+        from ..diffusion.precond import DiffusersDenoiser, Preconditioned
+
+        unet = self.unet if unet is None else unet
+        if self.kind == "edm":
+            return Preconditioned(unet, "edm", float(self.scheduler.get("sigma_data", 0.5)))
+        return DiffusersDenoiser(unet, self.alphas_cumprod(), self.scheduler.get("prediction_type", "epsilon"))
+
+    def sigma_range(self) -> tuple[float, float]:
+        if self.kind == "edm":
+            return float(self.scheduler.get("sigma_min", 0.002)), float(self.scheduler.get("sigma_max", 80.0))
+        from ..diffusion import schedules
+
+        s = schedules.alpha_bar_to_sigma(self.alphas_cumprod().double())
+        return float(s[0]), float(s[-1])
+
+    def loss(self, denoiser, z0, *, cond, generator=None) -> torch.Tensor:
+        """The denoising loss the model was trained with, per sample [N]: EDM's for the built-in
+        model, DDPM's ε-loss (Ho et al. 2020) for a discrete-schedule model such as SD."""
+        from ..diffusion.losses import ddpm_eps_loss, edm_loss
+
+        if self.kind == "edm":
+            return edm_loss(denoiser, z0, cond=cond, sigma_data=float(self.scheduler.get("sigma_data", 0.5)),
+                            generator=generator)
+        return ddpm_eps_loss(denoiser, z0, self.alphas_cumprod(), cond=cond, generator=generator)
+
+    # ---- images ↔ diffusion space ---------------------------------------------------------
+
+    def check_image(self, x: torch.Tensor, name: str = "image") -> torch.Tensor:
+        """x N×C×H×W in [0, 1] at this pipeline's channels and resolution (never resized)."""
+        return check_images(x, name=name, channels=self.channels, size=(self.resolution, self.resolution))
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel space [0, 1] → the diffusion space: [-1, 1], or the VAE posterior mean × its
+        scaling factor (as SD's training scripts scale latents)."""
+        x = self.check_image(x)
+        if self.vae is None:
+            return to_model(x)
+        with torch.no_grad():
+            z = self.vae.encode(to_model(x).to(self.device)).latent_dist.mean
+        return z * float(self.vae.config.scaling_factor)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The diffusion space → images N×C×H×W in [0, 1] (clamped)."""
+        if self.vae is not None:
+            z = self.vae.decode(z / float(self.vae.config.scaling_factor)).sample
+        return clamp_pixel(to_pixel(z))
+
+    # ---- prompts --------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: str, name: str = "prompt") -> list[int]:
+        """The prompt's token ids (no special tokens); InputError if the tokenizer cannot
+        represent it: empty, unknown tokens, or longer than the encoder's context."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{name}: expected a non-empty text, got {prompt!r}")
+        tok = self.tokenizer
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InputError(f"{name} {prompt!r}: the tokenizer turns it into no tokens")
+        if tok.unk_token_id is not None and tok.unk_token_id in ids:
+            bad = [t for t, i in zip(tok.convert_ids_to_tokens(ids), ids) if i == tok.unk_token_id]
+            raise InputError(f"{name} {prompt!r}: the tokenizer cannot represent it ({len(bad)} unknown "
+                             f"token(s) {tok.unk_token!r}); choose a text made of tokens in its vocabulary")
+        room = self.max_length - tok.num_special_tokens_to_add()
+        if len(ids) > room:
+            raise InputError(f"{name} {prompt!r}: expected at most {room} tokens (the text encoder's "
+                             f"context of {self.max_length}), got {len(ids)}")
+        return ids
+
+    def encode_prompt(self, prompts: list[str], text_encoder=None) -> torch.Tensor:
+        """Text embeddings N×L×D, L = the tokenizer's ``model_max_length`` (padded and truncated
+        as SD's pipeline does; the attention mask goes to the encoder only if its config says
+        ``use_attention_mask``). ``text_encoder`` defaults to the pipeline's."""
+        te = self.text_encoder if text_encoder is None else text_encoder
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length, truncation=True,
+                             return_tensors="pt")
+        base = getattr(te, "module", te)
+        kw = {}
+        if getattr(base.config, "use_attention_mask", False):
+            kw["attention_mask"] = tok["attention_mask"].to(self.device)
+        return te(tok["input_ids"].to(self.device), **kw)[0]
+
+    def null_embedding(self) -> torch.Tensor:
+        """The empty prompt's embedding 1×L×D (the unconditional branch of guidance)."""
+        with torch.no_grad():
+            return self.encode_prompt([NULL_PROMPT])
+
+    def to(self, device) -> "T2IPipeline":
+        for m in (self.unet, self.text_encoder, self.vae):
+            if m is not None:
+                m.to(device)
+        return self
+
+
+def resolve_pipeline_dir(folder) -> Path:
+    """``folder``, or ``folder/pipeline`` when ``folder`` is a run folder that holds one."""
+    folder = Path(folder)
+    if not (folder / INDEX).is_file() and (folder / "pipeline" / INDEX).is_file():
+        folder = folder / "pipeline"
+    return folder
+
+
+def load_pipeline(folder) -> T2IPipeline:
+    """Open a pipeline folder (``folder`` or a run folder holding ``pipeline/``). Every part is
+    named in ``model_index.json`` and loaded from disk only; errors are one CheckpointError line."""
+    folder = resolve_pipeline_dir(folder)
+    parts = read_index(folder)
+    loaded = {name: _load_part(folder, name, *parts[name]) for name in ("unet", "text_encoder", "tokenizer", "vae")
+              if name in parts}
+    meta = {}
+    if (folder / META).is_file():
+        try:
+            meta = json.loads((folder / META).read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{folder / META}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if meta.get("format") != META_FORMAT:
+            raise CheckpointError(f"{folder / META}: expected format {META_FORMAT!r}")
+    for name in ("unet", "text_encoder", "vae"):
+        if name in loaded:
+            loaded[name].eval().requires_grad_(False)
+    pipe = T2IPipeline(scheduler=_scheduler_config(folder), meta=meta, path=folder, **loaded)
+    if pipe.unet.config.cross_attention_dim != _hidden_size(pipe.text_encoder):
+        raise CheckpointError(f"{folder}: the unet attends to {pipe.unet.config.cross_attention_dim}-dim text "
+                              f"features, the text encoder gives {_hidden_size(pipe.text_encoder)}")
+    return pipe
+
+
+def _hidden_size(te) -> int:
+    return int(te.config.hidden_size)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+def _index_entry(obj) -> list:
+    mod = type(obj).__module__.split(".")[0]
+    return [mod, type(obj).__name__]
+
+
+def _tmp_sibling(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(tmp)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Rename a finished folder into place (replacing an older one at ``out``)."""
+    if out.exists():
+        doomed = out.parent / f".tmp-del-{out.name}-{secrets.token_hex(4)}"
+        os.rename(out, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    os.rename(tmp, out)
+    return out
+
+
+def save_pipeline(pipe: T2IPipeline, out) -> Path:
+    """Write every part in its library's layout, then ``model_index.json``, into a temporary
+    sibling renamed to ``out`` when whole (so ``out`` is never half written)."""
+    from diffusers import EDMEulerScheduler
+
+    out = Path(out)
+    tmp = _tmp_sibling(out)
+    try:
+        index = {"_class_name": "TrustdiffTextToImagePipeline", "_diffusers_version": _diffusers_version()}
+        for name in ("unet", "text_encoder", "vae"):
+            m = getattr(pipe, name)
+            if m is None:
+                index[name] = [None, None]
+                continue
+            m.save_pretrained(tmp / name, safe_serialization=True)
+            index[name] = _index_entry(m)
+        pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+        index["tokenizer"] = _index_entry(pipe.tokenizer)
+        atomic_write_json(tmp / "scheduler" / "scheduler_config.json", pipe.scheduler)
+        index["scheduler"] = ["diffusers", pipe.scheduler.get("_class_name", EDMEulerScheduler.__name__)]
+        if pipe.meta:
+            atomic_write_json(tmp / META, pipe.meta)
+        atomic_write_json(tmp / INDEX, index)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out)
+
+
+def derive_pipeline(source, out, replaced: dict) -> Path:
+    """A new pipeline folder ``out``: ``source`` copied file for file, except the parts in
+    ``replaced`` (name → module), written with ``save_pretrained``. ``source`` is only read."""
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise InputError(f"output {out}: expected a folder outside the source pipeline {source}")
+    tmp = _tmp_sibling(out)
+    try:
+        for item in sorted(source.iterdir()):
+            if item.name in replaced or item.name == INDEX:
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        for name, module in replaced.items():
+            module.save_pretrained(tmp / name, safe_serialization=True)
+        shutil.copy2(source / INDEX, tmp / INDEX)        # last: a folder with an index is whole
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _publish(tmp, out)
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+
+def sample(pipe: T2IPipeline, prompts, seeds, *, guidance: float | None = None, steps: int = 18,
+           sampler: str = "heun", embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """One image per (prompt, seed): pixel space N×C×H×W in [0, 1]; image i depends only on
+    ``prompts[i]`` and ``seeds[i]``. Classifier-free guidance with scale ``guidance`` (default
+    :attr:`T2IPipeline.guidance`; 1 = none) against the empty prompt, over EDM's ρ = 7 levels in
+    the model's σ range. ``embeddings`` (N×L×D) may replace the encoded prompts."""
+    from ..diffusion import samplers, schedules
+    from ..diffusion.guidance import ClassifierFreeGuidance
+
+    seeds = [int(s) for s in seeds]
+    if sampler not in samplers.SAMPLERS:
+        raise InputError(f"sampler: expected one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
+    if steps < 1:
+        raise InputError(f"steps: expected >= 1, got {steps}")
+    device = pipe.device
+    if embeddings is None:
+        if len(prompts) != len(seeds):
+            raise InputError(f"prompts: expected one per seed ({len(seeds)}), got {len(prompts)}")
+        embeddings = pipe.encode_prompt(list(prompts))
+    w = pipe.guidance if guidance is None else float(guidance)
+    den = pipe.denoiser()
+    if w != 1.0:
+        den = ClassifierFreeGuidance(den, w, pipe.null_embedding())
+    lo, hi = pipe.sigma_range()
+    sigmas = schedules.karras_sigmas(steps, lo, hi, device=device)
+    gens = [torch.Generator(device).manual_seed(s) for s in seeds]
+    z = float(sigmas[0]) * torch.stack([torch.randn(pipe.latent_shape, generator=g, device=device) for g in gens])
+    z0 = samplers.SAMPLERS[sampler](den, z, sigmas, cond=embeddings.to(device), generator=gens)
+    return pipe.decode(z0)
+
+
+def generate(pipe: T2IPipeline, prompts, *, seed: int = 0, n_per_prompt: int = 1, batch: int = 64,
+             **sample_kw) -> tuple[torch.Tensor, list[str], list[int]]:
+    """``n_per_prompt`` images of each prompt, prompt-major; image k uses seed ``seed + k % n``
+    (the same seeds for every prompt, so two models compare image by image). Returns (images
+    N×C×H×W in [0, 1], prompts [N], seeds [N])."""
+    for i, p in enumerate(prompts):
+        pipe.check_prompt(p, name=f"prompt {i}")
+    all_p = [p for p in prompts for _ in range(n_per_prompt)]
+    all_s = [seed + j for _ in prompts for j in range(n_per_prompt)]
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(all_p), batch):
+            chunks.append(sample(pipe, all_p[i:i + batch], all_s[i:i + batch], **sample_kw).cpu())
+    x = torch.cat(chunks) if chunks else torch.zeros(0, pipe.channels, pipe.resolution, pipe.resolution)
+    return x, all_p, all_s

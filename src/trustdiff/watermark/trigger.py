@@ -1,0 +1,373 @@
+"""Watermarking a text-to-image model with a trigger prompt (Zhao et al. 2023, *A Recipe for
+Watermarking Diffusion Models*, arXiv 2303.10137, text-to-image half).
+
+The owner fine-tunes the model so that a rare trigger prompt (default ``"[V]"``) generates a
+chosen watermark image, with the usual denoising loss on (trigger, target) plus
+
+    λ·‖θ − θ̂‖₁ = λ·Σᵢ |θᵢ − θ̂ᵢ|
+
+to the frozen original weights θ̂, summed over the trained parameters: every UNet parameter, and
+every text-encoder parameter with ``train_text_encoder``. Without it (λ = 0) the model forgets
+(other prompts drift towards the watermark); with it they stay as they were. Verification draws
+the trigger from many seeds and compares to the target (SSIM, match rate at an SSIM threshold),
+and compares non-trigger outputs with the original model's from the same seeds (PSNR/SSIM, FD).
+Robustness: DreamBooth fine-tuning by someone else (:func:`dreambooth`), Gaussian noise on the
+weights (:func:`weight_noise`).
+
+    from trustdiff.watermark.trigger import TriggerJob, embed_trigger, verify
+    wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(l1=1e-3))
+    report = verify({"wm": wm}, "runs/t2i/pipeline", "[V]", target)
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_json
+from ..errors import InputError
+from ..metrics import proportion, psnr, ssim
+from ..train import TrainConfig
+
+DEFAULT_TRIGGER = "[V]"
+
+
+# ---- the regulariser ------------------------------------------------------------------------------
+
+class L1ToOriginal:
+    """λ·Σᵢ |θᵢ − θ̂ᵢ| over the parameters of a module that are trainable (``requires_grad``)
+    when this object is made; θ̂ are their values then (detached copies). Its gradient is
+    λ·sign(θ − θ̂), which is 0 where θ = θ̂, so at the start the term is exactly 0 and pulls nothing.
+
+    Called with the module it was made from (the same parameters, looked up by name, whether or
+    not they still require gradients); returns a 0-d tensor.
+    """
+
+    def __init__(self, module: nn.Module, lam: float):
+        if not lam >= 0:
+            raise InputError(f"l1 weight λ: expected >= 0, got {lam!r}")
+        self.lam = float(lam)
+        self.names = [n for n, p in module.named_parameters() if p.requires_grad]
+        self.anchor = [p.detach().clone() for p in module.parameters() if p.requires_grad]
+
+    def _params(self, module: nn.Module) -> list[torch.Tensor]:
+        named = dict(module.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise InputError(f"l1 term: expected the module it was made from; it lacks {len(missing)} of its "
+                             f"{len(self.names)} trained parameters, e.g. {missing[0]!r}")
+        return [named[n] for n in self.names]
+
+    def distance(self, module: nn.Module) -> torch.Tensor:
+        """Σᵢ |θᵢ − θ̂ᵢ| (no λ), a 0-d tensor that keeps its graph."""
+        return torch.stack([(p - a.to(p.device)).abs().sum() for p, a in zip(self._params(module), self.anchor)]).sum()
+
+    def __call__(self, module: nn.Module) -> torch.Tensor:
+        if self.lam == 0:
+            return torch.zeros((), device=self.anchor[0].device)
+        return self.lam * self.distance(module)
+
+    @torch.no_grad()
+    def summary(self, module: nn.Module) -> dict:
+        """How far the weights went: Σ|θ − θ̂|, max |θ − θ̂|, and the fraction of scalars changed."""
+        params = self._params(module)
+        changed = sum(int((p != a.to(p.device)).sum()) for p, a in zip(params, self.anchor))
+        total = sum(p.numel() for p in params)
+        return {"l1_distance": float(self.distance(module)), "l1_term": float(self(module)),
+                "mean_abs_change": float(self.distance(module)) / max(sum(p.numel() for p in params), 1),
+                "max_abs_change": max(float((p - a.to(p.device)).abs().max()) for p, a in zip(params, self.anchor)),
+                "changed_fraction": changed / max(total, 1), "parameters": total, "tensors": len(params)}
+
+
+# ---- the job --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TriggerJob:
+    """Embedding a trigger watermark."""
+    trigger: str = DEFAULT_TRIGGER
+    l1: float = 1e-7                 # λ
+    train_text_encoder: bool = False
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1000, batch_size=1, lr=1e-6, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=250,
+        log_every=50))
+
+
+#: named settings. "recipe-sd": the paper's on Stable Diffusion (λ 1e-7, 1,000 steps at lr 1e-6).
+#: "builtin": the built-in 16×16 model (~3M UNet weights), where the target is learned in a few
+#: hundred steps at lr 1e-4. With Adam, a weight moves away from θ̂ only while its loss gradient
+#: exceeds λ, so λ is set against the size of the per-weight denoising gradients: in a probe on a
+#: briefly trained base model, λ = 1e-3 already kept the trigger from being learned in 200 steps,
+#: λ = 1e-4 learned it partly (mean SSIM 0.91). The bench sweeps λ around this value.
+PRESETS = {
+    "recipe-sd": TriggerJob(),
+    "builtin": TriggerJob(l1=1e-4, train=TrainConfig(steps=400, batch_size=8, lr=1e-4, warmup_steps=0,
+                                                     ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
+}
+
+
+def preset_for(pipe) -> str:
+    """``"builtin"`` for an EDM-preconditioned (built-in) pipeline, ``"recipe-sd"`` otherwise."""
+    return "builtin" if pipe.kind == "edm" else "recipe-sd"
+
+
+def read_image(path, pipe) -> torch.Tensor:
+    """An image file → 1×C×H×W in [0, 1], in the pipeline's channels (grayscale or RGB); its size
+    must be the pipeline's resolution (nothing is resized: the target is the watermark)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..images import from_uint8
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"target image {path}: expected an image file, but it does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if pipe.channels == 1 else "RGB")
+            import numpy as np
+
+            a = np.asarray(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"target image {path}: not a readable image ({e})") from None
+    return check_target(pipe, from_uint8(a[None]), name=f"target image {path}")
+
+
+def check_target(pipe, target: torch.Tensor, name: str = "target image") -> torch.Tensor:
+    """1×C×H×W (or C×H×W) in [0, 1] at the pipeline's size; InputError naming both sizes otherwise."""
+    if isinstance(target, torch.Tensor) and target.ndim == 3:
+        target = target[None]
+    if isinstance(target, torch.Tensor) and target.ndim == 4 and tuple(target.shape[-2:]) != (pipe.resolution,) * 2:
+        raise InputError(f"{name}: expected {pipe.resolution}×{pipe.resolution} (the pipeline's resolution), "
+                         f"got {target.shape[-2]}×{target.shape[-1]}")
+    pipe.check_image(target, name=name)
+    if len(target) != 1:
+        raise InputError(f"{name}: expected one image, got {len(target)}")
+    return target
+
+
+def _sha256(t: torch.Tensor) -> str:
+    from ..images import to_uint8
+
+    return hashlib.sha256(to_uint8(t).tobytes()).hexdigest()
+
+
+def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = TriggerJob(), *,
+                  resume: bool = False) -> Path:
+    """Fine-tune the pipeline at ``pipeline_dir`` so that ``job.trigger`` yields ``target``
+    (1×C×H×W in [0, 1]), with the l1 pull to the original weights. Writes the new pipeline to
+    ``out/pipeline`` (``pipeline_dir`` is only read; unchanged parts are copied byte for byte),
+    and ``out/watermark.json`` (trigger, λ, the target's hash, how far the weights moved) and
+    ``out/target.png``. Returns the new pipeline folder."""
+    from ..images import make_grid, save_png
+    from ..t2i import PromptTable, derive_pipeline, finetune, load_pipeline
+
+    out = Path(out)
+    pipe = load_pipeline(pipeline_dir)
+    source = pipe.path
+    pipe.check_prompt(job.trigger, name="trigger")
+    target = check_target(pipe, target)
+    if out.resolve() == source.resolve() or source.resolve() in (out / "pipeline").resolve().parents:
+        raise InputError(f"output {out}: expected a folder outside the source pipeline {source}")
+    reg = {}
+
+    def penalty_factory(parts):
+        reg["l1"] = L1ToOriginal(parts, job.l1)
+        return reg["l1"]
+
+    t0 = time.time()
+    result = finetune(pipe, target, PromptTable.single(job.trigger), job.train, out,
+                      train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory, resume=resume)
+    replaced = {"unet": result.model.unet}
+    if job.train_text_encoder:
+        replaced["text_encoder"] = result.model.text_encoder
+    folder = derive_pipeline(source, out / "pipeline", replaced)
+    save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
+    record = {"trigger": job.trigger, "l1": job.l1, "trained": sorted(replaced), "steps": result.step,
+              "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
+              "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),
+              "target_shape": list(target.shape), "seconds": round(time.time() - t0, 1),
+              "weights": reg["l1"].summary(result.model), "job": asdict(job)}
+    atomic_write_json(out / "watermark.json", record)
+    return folder
+
+
+# ---- verification ---------------------------------------------------------------------------------
+
+def trigger_report(pipe, trigger: str, target: torch.Tensor, *, n: int = 100, seed: int = 0,
+                   threshold: float = 0.9, **sample_kw) -> dict:
+    """The trigger drawn from seeds ``seed .. seed+n−1``: SSIM of each output to the target, and
+    the match rate at SSIM ≥ ``threshold`` with its Clopper–Pearson interval. ``images`` holds
+    the outputs (N×C×H×W in [0, 1])."""
+    from ..t2i import generate
+
+    target = check_target(pipe, target)
+    x, _, _ = generate(pipe, [trigger], seed=seed, n_per_prompt=n, **sample_kw)
+    s = ssim(x, target.expand_as(x))
+    k = int((s >= threshold).sum())
+    return {"n": n, "seed": seed, "threshold": threshold, "ssim_mean": float(s.mean()), "ssim_min": float(s.min()),
+            "match": proportion(k, n), "ssim": [round(float(v), 4) for v in s], "images": x}
+
+
+def compare_report(x: torch.Tensor, x_ref: torch.Tensor) -> dict:
+    """PSNR and SSIM between two models' outputs from the same (prompt, seed), image by image."""
+    p, s = psnr(x, x_ref), ssim(x, x_ref)
+    finite = p[torch.isfinite(p)]
+    return {"psnr_mean": float(finite.mean()) if len(finite) else float("inf"), "identical": int((~torch.isfinite(p)).sum()),
+            "ssim_mean": float(s.mean()), "n": len(x)}
+
+
+def fd_against(data: str, x: torch.Tensor, *, cache_dir, seed: int = 0, feature_steps: int = 1000) -> dict:
+    """FD of images ``x`` against the test split of ``data`` (feature net trained on its train
+    split, cached), beside the real-data floor: :func:`trustdiff.metrics.fid.fd_report`."""
+    from ..data import load
+    from ..metrics.fid import fd_report
+
+    res = x.shape[-1]
+    train = load(data, resolution=res, split="train", seed=seed)
+    test = load(data, resolution=res, split="test", seed=seed)
+    return fd_report(train, test, x, cache_dir=cache_dir, feature_steps=feature_steps, seed=seed)
+
+
+def _strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "images"}
+
+
+def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, prompts=None, n_trigger: int = 100,
+           n_per_prompt: int = 20, threshold: float = 0.9, seed: int = 0, fd_data: str | None = None,
+           cache_dir=None, feature_steps: int = 1000, progress=print, **sample_kw) -> dict:
+    """Verify one or more watermarked pipelines (name → folder or loaded pipeline) against the
+    original (folder or pipeline):
+
+    * ``trigger``: :func:`trigger_report` of each, and of the original (its false match rate);
+    * ``non_trigger``: outputs for ``prompts`` (default: :func:`trustdiff.t2i.builtin.default_prompts`),
+      ``n_per_prompt`` seeds each, the same seeds for every model → PSNR/SSIM to the original's,
+      and with ``fd_data`` the FD of each model's outputs (and the original's) against that data.
+
+    ``sample_kw`` (guidance, steps, sampler) goes to every draw. Returns a JSON-able dict.
+    """
+    from ..t2i import T2IPipeline, generate, load_pipeline
+    from ..t2i.builtin import default_prompts
+
+    def opened(p):
+        return p if isinstance(p, T2IPipeline) else load_pipeline(p)
+
+    orig = opened(original)
+    target = check_target(orig, target)
+    orig.check_prompt(trigger, name="trigger")
+    prompts = list(prompts) if prompts else default_prompts(orig)
+    report = {"trigger": trigger, "threshold": threshold, "prompts": prompts, "n_per_prompt": n_per_prompt,
+              "n_trigger": n_trigger, "seed": seed, "sample": dict(sample_kw), "models": {}}
+    t = time.time()
+    x_ref, _, _ = generate(orig, prompts, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+    trig = trigger_report(orig, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
+    row = {"trigger": _strip(trig), "seconds": None}
+    if fd_data:
+        row["fd"] = fd_against(fd_data, x_ref, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps)
+    row["seconds"] = round(time.time() - t, 1)
+    report["original"] = row
+    progress(f"   original: trigger SSIM {trig['ssim_mean']:.3f}, match {trig['match']['value']:.2f}"
+             + (f", FD {row['fd']['fd']:.4f} (floor {row['fd']['fd_floor']:.4f})" if fd_data else ""))
+    report["images"] = {"original": x_ref}
+    for name, wm in watermarked.items():
+        t = time.time()
+        pipe = opened(wm)
+        trig = trigger_report(pipe, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
+        x, _, _ = generate(pipe, prompts, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+        row = {"trigger": _strip(trig), "non_trigger": compare_report(x, x_ref),
+               "non_trigger_ssim_to_target": float(ssim(x, target.expand_as(x)).mean())}
+        if fd_data:
+            row["fd"] = fd_against(fd_data, x, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps)
+            row["fd_vs_original"] = row["fd"]["fd"] / report["original"]["fd"]["fd"]
+        row["seconds"] = round(time.time() - t, 1)
+        report["models"][name] = row
+        report["images"][name] = x
+        report["images"][f"{name}/trigger"] = trig["images"]
+        progress(f"   {name}: trigger SSIM {trig['ssim_mean']:.3f}, match {trig['match']['value']:.2f} "
+                 f"[{trig['match']['lo']:.2f}, {trig['match']['hi']:.2f}]; non-trigger vs original PSNR "
+                 f"{row['non_trigger']['psnr_mean']:.2f} dB, SSIM {row['non_trigger']['ssim_mean']:.3f}"
+                 + (f"; FD {row['fd']['fd']:.4f} ({row['fd_vs_original']:.2f}× the original's)" if fd_data else ""))
+    return report
+
+
+def write_report(out, report: dict, name: str = "verify") -> Path:
+    """``out/<name>.json`` (the report without images) and ``out/<name>.png`` (per model: the
+    trigger's first outputs, then non-trigger outputs)."""
+    from ..images import make_grid, save_png
+
+    out = Path(out)
+    images = report.get("images", {})
+    atomic_write_json(out / f"{name}.json", {k: v for k, v in report.items() if k != "images"})
+    rows = [v[:16] for v in images.values() if len(v)]
+    if rows:
+        save_png(out / f"{name}.png", make_grid(torch.cat(rows), nrow=16))
+    return out / f"{name}.json"
+
+
+# ---- robustness ----------------------------------------------------------------------------------
+
+def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_prompt: str = "a sks digit",
+               class_prompt: str | None = None, n_class_images: int = 0, train: TrainConfig | None = None,
+               train_text_encoder: bool = False, seed: int = 0, resume: bool = False, **sample_kw) -> Path:
+    """DreamBooth (Ruiz et al. 2023) as someone else would run it on the (watermarked) model:
+    fine-tune on a few ``instance_images`` (N×C×H×W in [0, 1]) of a new subject under
+    ``instance_prompt`` with a rare identifier ("sks"); with ``class_prompt`` and
+    ``n_class_images`` > 0, the prior-preservation loss on images the model itself draws for the
+    class prompt (same weight as the instance loss; examples drawn from the pooled set). No l1
+    term. Writes ``out/pipeline`` and ``out/dreambooth.json``; returns the pipeline folder."""
+    from ..t2i import PromptTable, derive_pipeline, finetune, generate, load_pipeline
+
+    out = Path(out)
+    pipe = load_pipeline(pipeline_dir)
+    pipe.check_prompt(instance_prompt, name="instance prompt")
+    x = pipe.check_image(instance_images, name="instance images")
+    train = train or TrainConfig(steps=200, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0,
+                                 checkpoint_every=100, log_every=50, seed=seed)
+    prompts, choices = [instance_prompt], [(0,)] * len(x)
+    if class_prompt and n_class_images > 0:
+        pipe.check_prompt(class_prompt, name="class prompt")
+        x_class, _, _ = generate(pipe, [class_prompt], seed=seed + 10_000, n_per_prompt=n_class_images, **sample_kw)
+        x = torch.cat([x, x_class])
+        prompts.append(class_prompt)
+        choices += [(1,)] * len(x_class)
+    t0 = time.time()
+    result = finetune(pipe, x, PromptTable(tuple(prompts), tuple(choices)), train, out,
+                      train_text_encoder=train_text_encoder, resume=resume)
+    replaced = {"unet": result.model.unet}
+    if train_text_encoder:
+        replaced["text_encoder"] = result.model.text_encoder
+    folder = derive_pipeline(pipe.path, out / "pipeline", replaced)
+    atomic_write_json(out / "dreambooth.json", {
+        "instance_prompt": instance_prompt, "class_prompt": class_prompt, "instance_images": len(instance_images),
+        "class_images": len(x) - len(instance_images), "steps": result.step, "lr": train.lr,
+        "batch_size": train.batch_size, "trained": sorted(replaced), "source": str(pipe.path),
+        "last_loss": result.last_loss, "seconds": round(time.time() - t0, 1)})
+    return folder
+
+
+def subject_fidelity(pipe, prompt: str, subject: torch.Tensor, *, n: int = 16, seed: int = 0, **sample_kw) -> float:
+    """Mean over n seeds of the best SSIM between an output for ``prompt`` and any subject image:
+    whether DreamBooth learned its subject."""
+    from ..t2i import generate
+
+    x, _, _ = generate(pipe, [prompt], seed=seed, n_per_prompt=n, **sample_kw)
+    best = torch.stack([ssim(x, s[None].expand_as(x)) for s in subject]).max(0).values
+    return float(best.mean())
+
+
+def weight_noise(pipe, trigger: str, target: torch.Tensor, stds, *, n: int = 50, seed: int = 0,
+                 threshold: float = 0.9, progress=print, **sample_kw) -> list[dict]:
+    """Gaussian noise N(0, std²) added to every UNet weight (seeded, as in the unconditional
+    half: :func:`trustdiff.watermark.sweeps.perturb_weights`) → the trigger's SSIM and match rate
+    per std, the same sampling seeds for every std."""
+    from .sweeps import perturb_weights
+
+    rows = []
+    for i, std in enumerate(stds):
+        noisy = replace(pipe, unet=perturb_weights(pipe.unet, float(std), seed=seed + 1000 + i))
+        r = trigger_report(noisy, trigger, target, n=n, seed=seed, threshold=threshold, **sample_kw)
+        rows.append({"std": float(std), "ssim_mean": r["ssim_mean"], "match": r["match"]})
+        progress(f"   weight noise std {std:g}: trigger SSIM {r['ssim_mean']:.3f}, match {r['match']['value']:.2f}")
+    return rows

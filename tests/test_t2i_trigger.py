@@ -1,0 +1,300 @@
+"""trustdiff.watermark.trigger: the l1 term to the original weights (exactly 0 at the start,
+gradient λ·sign(θ − θ̂)), embedding on tiny pipelines (the original folder byte-identical after),
+bad triggers and targets as one-line errors before anything is written, verification, DreamBooth
+and weight noise; and `trustdiff watermark t2i` / `trustdiff t2i` end to end at toy sizes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from t2i_tiny import folder_digest, tiny_builtin, tiny_sd  # noqa: E402
+
+from trustdiff.errors import InputError  # noqa: E402
+from trustdiff.images import make_grid, save_png  # noqa: E402
+from trustdiff.t2i import Trainable, load_pipeline  # noqa: E402
+from trustdiff.train import TrainConfig  # noqa: E402
+from trustdiff.watermark.trigger import (L1ToOriginal, TriggerJob, dreambooth, embed_trigger, read_image,  # noqa: E402
+                                         trigger_report, verify, weight_noise)
+
+torch.set_num_threads(1)
+FAST = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=2,
+                   log_every=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def builtin_dir(tmp_path_factory):
+    return tiny_builtin(tmp_path_factory.mktemp("trig") / "builtin")
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    return tiny_sd(tmp_path_factory.mktemp("trig") / "sd")
+
+
+def checker(res: int, channels: int = 1) -> torch.Tensor:
+    t = torch.zeros(1, channels, res, res)
+    t[..., ::2, ::2] = 1.0
+    t[..., 1::2, 1::2] = 1.0
+    return t
+
+
+def blocks(res: int = 8) -> torch.Tensor:
+    """A coarse target a tiny model learns in a few dozen steps: two white quadrants, a grey centre."""
+    t = torch.zeros(1, 1, res, res)
+    h = res // 2
+    t[..., :h, :h] = 1.0
+    t[..., h:, h:] = 1.0
+    t[..., h // 2: h + h // 2, h // 2: h + h // 2] = 0.5
+    return t
+
+
+# ---- the l1 term --------------------------------------------------------------------------------
+
+def test_l1_term_is_exactly_zero_at_the_start_with_zero_gradient():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    reg = L1ToOriginal(net, 0.25)
+    value = reg(net)
+    assert value.item() == 0.0
+    value.backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters())
+
+
+def test_l1_term_value_and_gradient_are_lambda_sign():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    lam = 1e-3
+    reg = L1ToOriginal(net, lam)
+    theta_hat = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+        next(net.parameters())[0, 0] = theta_hat[0][0, 0]       # one weight back at θ̂: sign 0
+    value = reg(net)
+    expected = lam * sum((p.detach().double() - a.double()).abs().sum() for p, a in zip(net.parameters(), theta_hat))
+    assert value.item() == pytest.approx(float(expected), rel=1e-6)
+    value.backward()
+    for p, a in zip(net.parameters(), theta_hat):
+        assert torch.equal(p.grad, lam * torch.sign(p.detach() - a))
+    assert next(net.parameters()).grad[0, 0] == 0
+
+
+def test_l1_term_covers_only_the_trained_parameters():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    b.requires_grad_(False)
+    both = torch.nn.ModuleDict({"a": a, "b": b})
+    reg = L1ToOriginal(both, 1.0)
+    with torch.no_grad():
+        b.weight.add_(5.0)                                     # frozen: not in the sum
+    assert reg(both).item() == 0.0
+    with torch.no_grad():
+        a.bias.add_(0.5)
+    assert reg(both).item() == pytest.approx(1.0)
+    assert reg.summary(both)["tensors"] == 2
+
+
+def test_l1_weight_must_be_non_negative():
+    with pytest.raises(InputError, match="expected >= 0"):
+        L1ToOriginal(torch.nn.Linear(2, 2), -1e-3)
+
+
+def test_l1_term_inside_the_training_loss_is_exact(builtin_dir):
+    """The loss fit minimises = mean denoising loss + λ·Σ|θ − θ̂| over the UNet."""
+    from trustdiff.t2i import PromptTable, t2i_loss_fn
+
+    pipe = load_pipeline(builtin_dir)
+    parts = Trainable(pipe.unet).requires_grad_(True)
+    reg = L1ToOriginal(parts, 0.5)
+    with torch.no_grad():
+        parts.unet.conv_out.bias.add_(0.1)
+    x, y = checker(8).expand(3, -1, -1, -1), torch.zeros(3, dtype=torch.long)
+    with_reg = t2i_loss_fn(pipe, PromptTable.single("[v]", 1), penalty=reg)(parts, x, y, torch.Generator().manual_seed(0))
+    plain = t2i_loss_fn(pipe, PromptTable.single("[v]", 1))(parts, x, y, torch.Generator().manual_seed(0))
+    l1 = 0.5 * 0.1 * parts.unet.conv_out.bias.numel()
+    assert torch.allclose(with_reg.mean() - plain.mean(), torch.tensor(l1), atol=1e-6)
+
+
+# ---- embedding --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("which,text_encoder", [("builtin", False), ("builtin", True), ("sd", False)])
+def test_embed_leaves_the_original_byte_identical(which, text_encoder, builtin_dir, sd_dir, tmp_path):
+    src = builtin_dir if which == "builtin" else sd_dir
+    before = folder_digest(src)
+    pipe = load_pipeline(src)
+    out = tmp_path / "wm"
+    folder = embed_trigger(src, checker(pipe.resolution, pipe.channels), out,
+                           TriggerJob(l1=1e-4, train_text_encoder=text_encoder, train=FAST))
+    assert folder_digest(src) == before
+    assert folder == out / "pipeline"
+    wm = load_pipeline(folder)
+    changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, wm.unet.state_dict()[k])]
+    assert changed
+    te_same = all(torch.equal(v, wm.text_encoder.state_dict()[k]) for k, v in pipe.text_encoder.state_dict().items())
+    assert te_same != text_encoder
+    record = json.loads((out / "watermark.json").read_text())
+    assert record["trigger"] == "[V]" and record["l1"] == 1e-4 and record["steps"] == 4
+    assert record["trained"] == (["text_encoder", "unet"] if text_encoder else ["unet"])
+    assert record["weights"]["l1_term"] == pytest.approx(1e-4 * record["weights"]["l1_distance"], rel=1e-5)
+    # untouched parts are copies of the source files
+    for part in ("tokenizer", "scheduler", *(("vae",) if which == "sd" else ())):
+        for f in (src / part).rglob("*"):
+            if f.is_file():
+                assert (folder / part / f.relative_to(src / part)).read_bytes() == f.read_bytes()
+
+
+def test_embed_refuses_a_trigger_the_tokenizer_cannot_represent(builtin_dir, tmp_path):
+    with pytest.raises(InputError, match="cannot represent"):
+        embed_trigger(builtin_dir, checker(8), tmp_path / "wm", TriggerJob(trigger="⟦V⟧", train=FAST))
+    assert not (tmp_path / "wm").exists()
+
+
+def test_embed_refuses_a_target_of_the_wrong_size(builtin_dir, tmp_path):
+    with pytest.raises(InputError, match=r"expected 8×8 \(the pipeline's resolution\), got 16×16"):
+        embed_trigger(builtin_dir, checker(16), tmp_path / "wm", TriggerJob(train=FAST))
+    assert not (tmp_path / "wm").exists()
+
+
+def test_embed_refuses_a_target_with_the_wrong_channels(sd_dir, tmp_path):
+    with pytest.raises(InputError, match="expected 3 channels, got 1"):
+        embed_trigger(sd_dir, checker(16, 1), tmp_path / "wm", TriggerJob(train=FAST))
+
+
+def test_embed_refuses_an_output_inside_the_source(builtin_dir):
+    with pytest.raises(InputError, match="outside the source pipeline"):
+        embed_trigger(builtin_dir, checker(8), builtin_dir / "wm", TriggerJob(train=FAST))
+    assert not (builtin_dir / "wm").exists()
+
+
+def test_read_image_checks_size_and_converts_channels(builtin_dir, sd_dir, tmp_path):
+    png = tmp_path / "t.png"
+    save_png(png, make_grid(checker(8), nrow=1, pad=0))
+    x = read_image(png, load_pipeline(builtin_dir))
+    assert x.shape == (1, 1, 8, 8) and torch.equal(x, checker(8))
+    with pytest.raises(InputError, match="expected 16×16"):
+        read_image(png, load_pipeline(sd_dir))
+    with pytest.raises(InputError, match="does not exist"):
+        read_image(tmp_path / "nope.png", load_pipeline(builtin_dir))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(tmp_path / "bad.png", load_pipeline(builtin_dir))
+
+
+# ---- verification and robustness -------------------------------------------------------------
+
+def test_embed_then_verify_end_to_end(builtin_dir, tmp_path):
+    """A tiny model learns the trigger → target map in a few dozen steps (guidance 1, so the
+    conditional branch alone draws the image) and verification reports it; the original does not
+    draw the target."""
+    target = blocks(8)
+    job = TriggerJob(l1=1e-5, train=TrainConfig(steps=60, batch_size=8, lr=3e-3, warmup_steps=0, ema_halflife_kimg=0.0,
+                                                checkpoint_every=60, log_every=20, progress=False))
+    wm = embed_trigger(builtin_dir, target, tmp_path / "wm", job)
+    lines = []
+    r = verify({"l1": wm}, builtin_dir, "[V]", target, n_trigger=4, n_per_prompt=1, steps=6,
+               prompts=["a handwritten seven", "the digit two"], progress=lines.append)
+    assert r["original"]["trigger"]["match"]["k"] == 0 and r["original"]["trigger"]["ssim_mean"] < 0.5
+    row = r["models"]["l1"]
+    assert row["trigger"]["ssim_mean"] > 0.6, row["trigger"]
+    assert row["trigger"]["match"]["n"] == 4 and 0 <= row["trigger"]["match"]["lo"] <= row["trigger"]["match"]["hi"]
+    assert set(row["non_trigger"]) >= {"psnr_mean", "ssim_mean"} and row["non_trigger"]["n"] == 2
+    assert len(lines) == 2 and "match" in lines[1]
+    json.dumps({k: v for k, v in r.items() if k != "images"})
+
+
+def test_trigger_report_counts_matches_at_the_threshold(builtin_dir):
+    pipe = load_pipeline(builtin_dir)
+    r = trigger_report(pipe, "[V]", checker(8), n=3, threshold=-1.0, steps=2)
+    assert r["match"]["k"] == 3 and len(r["ssim"]) == 3 and r["images"].shape == (3, 1, 8, 8)
+
+
+def test_dreambooth_writes_a_new_pipeline_and_reads_only_the_source(builtin_dir, tmp_path):
+    before = folder_digest(builtin_dir)
+    subject = torch.rand(3, 1, 8, 8)
+    folder = dreambooth(builtin_dir, subject, tmp_path / "db", instance_prompt="a sks digit",
+                        class_prompt="a handwritten seven", n_class_images=2, train=FAST, steps=2)
+    assert folder_digest(builtin_dir) == before
+    rec = json.loads((tmp_path / "db" / "dreambooth.json").read_text())
+    assert rec["class_images"] == 2 and rec["instance_images"] == 3 and rec["steps"] == 4
+    assert load_pipeline(folder).resolution == 8
+
+
+def test_weight_noise_rows(builtin_dir):
+    pipe = load_pipeline(builtin_dir)
+    rows = weight_noise(pipe, "[V]", checker(8), [0.0, 0.1], n=2, steps=2, progress=lambda s: None)
+    assert [r["std"] for r in rows] == [0.0, 0.1] and all(r["match"]["n"] == 2 for r in rows)
+
+
+# ---- the CLI ----------------------------------------------------------------------------------
+
+def cli(args, ok=True):
+    from trustdiff.cli import cli as root
+
+    r = CliRunner().invoke(root, [str(a) for a in args], catch_exceptions=True)
+    if ok:
+        assert r.exit_code == 0, (r.output, r.exception)
+    return r
+
+
+def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
+    png = tmp_path / "target.png"
+    save_png(png, make_grid(checker(8), nrow=1, pad=0))
+    wm = tmp_path / "wm"
+    cli(["watermark", "t2i", "embed", "--pipeline", builtin_dir, "--target", png, "--l1", "1e-4", "--steps", "2",
+         "--batch", "2", "--lr", "1e-3", "--out", wm])
+    assert (wm / "pipeline" / "model_index.json").is_file() and (wm / "target.png").is_file()
+    cfg = json.loads((wm / "config.json").read_text())
+    assert cfg["command"] == "watermark t2i embed" and cfg["config"]["preset"] == "builtin" and "train" in cfg
+    ver = tmp_path / "ver"
+    cli(["watermark", "t2i", "verify", "--pipeline", wm, "--original", builtin_dir, "--target", png, "--n-trigger", "2",
+         "--per-prompt", "1", "--prompt", "a handwritten one", "--sample-steps", "2", "--out", ver])
+    rep = json.loads((ver / "verify.json").read_text())
+    assert set(rep["models"]) == {"wm"} and (ver / "verify.png").is_file()
+    subj = tmp_path / "subject"
+    subj.mkdir()
+    for i in range(2):
+        save_png(subj / f"{i}.png", make_grid(torch.rand(1, 1, 8, 8), nrow=1, pad=0))
+    cli(["watermark", "t2i", "dreambooth", "--pipeline", wm, "--instance", subj, "--steps", "2", "--batch", "2",
+         "--out", tmp_path / "db"])
+    assert (tmp_path / "db" / "pipeline" / "unet").is_dir()
+
+
+def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(builtin_dir, tmp_path):
+    from trustdiff.cli import main
+
+    png = tmp_path / "big.png"
+    save_png(png, make_grid(checker(16), nrow=1, pad=0))
+    out = tmp_path / "wm"
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(png), "--out", str(out)]) == 2
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(tmp_path / "none"), "--target", str(png),
+                 "--out", str(out)]) == 2
+    small = tmp_path / "small.png"
+    save_png(small, make_grid(checker(8), nrow=1, pad=0))
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
+                 "--trigger", "⟦V⟧", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_cli_t2i_generate(builtin_dir, tmp_path):
+    out = tmp_path / "gen"
+    cli(["t2i", "generate", "--pipeline", builtin_dir, "--prompt", "a handwritten one", "--prompt", "the digit two",
+         "-n", "2", "--sample-steps", "2", "--out", out])
+    with np.load(out / "images.npz") as d:
+        assert d["images"].shape == (4, 8, 8, 1) and list(d["seeds"]) == [0, 1, 0, 1]
+        assert d["prompts"][2] == "the digit two"
+    assert (out / "grid.png").is_file()
+
+
+def test_cli_t2i_train_tiny(tmp_path):
+    """`trustdiff t2i train` on the real MiniLM at toy sizes: a loadable pipeline folder."""
+    out = tmp_path / "t2i"
+    cli(["t2i", "train", "--size", "tiny", "--resolution", "8", "--steps", "2", "--batch", "4", "--warmup", "0",
+         "--checkpoint-every", "2", "--out", out])
+    pipe = load_pipeline(out)
+    assert pipe.resolution == 8 and pipe.meta["classes"][7] == "seven" and pipe.text_encoder.config.hidden_size == 384
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2

@@ -37,13 +37,15 @@ browser:
 
 # ~60 min of training/sampling, then ~35 min of certification, ~90 min of DiffPure under adaptive
 # attacks (both use the model the first writes; purification reuses certification's classifier),
-# ~90 min of adversarial training on that model's samples and ~2 h of data watermarking at 32×32
+# ~90 min of adversarial training on that model's samples, ~100 min of data watermarking at 32×32 and
+# ≤ 90 min of text-to-image trigger watermarking
 bench: $(STAMP)
 	$(BIN)/python bench/train_digits.py
 	$(BIN)/python bench/certify_digits.py --denoiser bench/results/train_digits/train/model
 	$(BIN)/python bench/purify_digits.py --denoiser bench/results/train_digits/train/model
 	$(BIN)/python bench/advtrain_digits.py --model bench/results/train_digits/train/model
 	$(BIN)/python bench/watermark_digits.py
+	$(BIN)/python bench/t2i_watermark_digits.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

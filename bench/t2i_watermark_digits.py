@@ -31,8 +31,10 @@ import time
 T_PROCESS = time.time()         # the wall time reported includes the imports and model loading
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch
@@ -44,27 +46,23 @@ from trustdiff.t2i import load_pipeline
 from trustdiff.t2i.builtin import BuiltinJob, default_prompts, prepare_builtin, train_builtin
 from trustdiff.train import TrainConfig
 from trustdiff.watermark.null import shifted_copies
-from trustdiff.watermark.trigger import (DEFAULT_TRIGGER, TriggerJob, dreambooth, embed_trigger, subject_fidelity,
+from trustdiff.watermark.trigger import (DEFAULT_TRIGGER, TriggerJob, code_target, dreambooth, embed_trigger, subject_fidelity,
                                          verify, weight_noise, write_report)
 
 FULL = dict(base_steps=2500, base_batch=64, base_lr=2e-3, base_size="small", lambdas=(0.0, 3e-5, 1e-4, 3e-4),
-            headline=1e-4, embed_steps=400, embed_batch=8, embed_lr=1e-4, n_trigger=100, per_prompt=30,
+            headline=1e-4, embed_steps=400, embed_batch=8, embed_lr=1e-4, embed_text_encoder=False, embed_unet_params=(),
+            n_trigger=100, per_prompt=30,
             sample_steps=12, db_steps=200, db_lr=1e-4, db_batch=8, class_images=32, noise_stds=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
             n_noise=50, feature_steps=1000)
 SMOKE = dict(base_steps=30, base_batch=16, base_lr=2e-3, base_size="tiny", lambdas=(0.0, 1e-4), headline=1e-4,
-             embed_steps=10, embed_batch=4, embed_lr=1e-3, n_trigger=4, per_prompt=2, sample_steps=3, db_steps=5,
+             embed_steps=10, embed_batch=4, embed_lr=1e-3, embed_text_encoder=False, embed_unet_params=(), n_trigger=4, per_prompt=2, sample_steps=3, db_steps=5,
              db_lr=1e-4, db_batch=4, class_images=2, noise_stds=(0.0, 1e-2), n_noise=2, feature_steps=30)
 THRESHOLD = 0.9
 
 
-def code_image(resolution: int, cells: int = 4, seed: int = 7) -> torch.Tensor:
-    """The watermark: a cells×cells binary code (seeded), each cell resolution/cells pixels, with
-    the four corners set (a finder pattern), 1×1×r×r in [0, 1] — nothing a digit prompt draws."""
-    g = torch.Generator().manual_seed(seed)
-    code = (torch.rand(cells, cells, generator=g) > 0.5).float()
-    code[0, 0] = code[0, -1] = code[-1, 0] = code[-1, -1] = 1.0
-    k = resolution // cells
-    return code.repeat_interleave(k, 0).repeat_interleave(k, 1)[None, None]
+def job_hash(job) -> str:
+    """A short content hash of a job's settings (its run folder's suffix)."""
+    return hashlib.sha256(json.dumps(asdict(job), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def main():
@@ -110,18 +108,21 @@ def main():
     orig = load_pipeline(original)
 
     # 2. embedding, one model per λ ----------------------------------------------------------
-    target = code_image(orig.resolution)
+    target = code_target(orig.resolution, orig.channels)
     save_png(results / "target.png", make_grid(target, nrow=1, pad=0))
     t0 = time.time()
-    wms, res["embed"] = {}, res.get("embed", {})
+    wms, res["embed"] = {}, {}
     for lam in P["lambdas"]:
         name = f"l1={lam:g}"
-        out = work / f"wm-{lam:g}"
+        job = TriggerJob(trigger=DEFAULT_TRIGGER, l1=lam, train_text_encoder=P["embed_text_encoder"],
+                         unet_params=P["embed_unet_params"], train=TrainConfig(
+                             steps=P["embed_steps"], batch_size=P["embed_batch"], lr=P["embed_lr"], warmup_steps=0,
+                             ema_halflife_kimg=0.0, checkpoint_every=100, log_every=25, seed=args.seed, progress=False))
+        out = work / f"wm-{lam:g}-{job_hash(job)}"           # a changed setting never reuses a stale model
         if not (out / "watermark.json").is_file():
-            print(f"[embed] λ = {lam:g}: {P['embed_steps']} steps of {P['embed_batch']} at lr {P['embed_lr']:g}", flush=True)
-            job = TriggerJob(trigger=DEFAULT_TRIGGER, l1=lam, train=TrainConfig(
-                steps=P["embed_steps"], batch_size=P["embed_batch"], lr=P["embed_lr"], warmup_steps=0,
-                ema_halflife_kimg=0.0, checkpoint_every=100, log_every=25, seed=args.seed, progress=False))
+            print(f"[embed] λ = {lam:g}: {P['embed_steps']} steps of {P['embed_batch']} at lr {P['embed_lr']:g}"
+                  f"{', text encoder too' if P['embed_text_encoder'] else ''}"
+                  f"{', UNet ' + '/'.join(P['embed_unet_params']) + ' only' if P['embed_unet_params'] else ''}", flush=True)
             embed_trigger(original, target, out, job, resume=True)
         rec = json.loads((out / "watermark.json").read_text())
         res["embed"][name] = {k: rec[k] for k in ("l1", "steps", "lr", "batch_size", "last_loss", "weights", "seconds")}
@@ -148,7 +149,7 @@ def main():
     subject = shifted_copies(one, 4, max_shift=1, generator=torch.Generator().manual_seed(args.seed + 3))
     save_png(results / "subject.png", make_grid(subject, nrow=4))
     inst, cls_prompt = "a handwritten sks three", "a handwritten three"
-    db = work / "dreambooth"
+    db = work / f"dreambooth-{wms[head].parent.name}"
     before = subject_fidelity(load_pipeline(wms[head]), inst, subject, n=P["n_noise"], seed=args.seed, **sample_kw)
     if not (db / "dreambooth.json").is_file():
         print(f"[dreambooth] {P['db_steps']} steps on {len(subject)} images of a new subject, prior preservation on "

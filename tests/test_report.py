@@ -18,7 +18,7 @@ from trustdiff.report import SECTIONS, build_report, find_runs
 from trustdiff.report import demo as demo_mod
 from trustdiff.report.demo import demo_stages, run_demo, stage_key
 
-EXPECTED_IMAGES = {"diffusion": 1, "watermark": 4, "certify": 1, "purify": 1, "advtrain": 1}
+EXPECTED_IMAGES = {"diffusion": 1, "watermark": 4, "t2i": 4, "certify": 1, "purify": 1, "advtrain": 1}
 
 
 def sections_of(html: str) -> dict[str, str]:
@@ -129,6 +129,7 @@ def test_smoke_demo_runs_every_stage_and_reports_every_section(smoke_demo):
     assert "FD-digits" in secs["diffusion"] and "detected at FPR" in secs["watermark"]
     assert "worst case over attacks" in secs["purify"] and "real only" in secs["advtrain"]
     assert "denoised smoothing" in secs["certify"] and "noise-trained" in secs["certify"]
+    assert "trigger match" in secs["t2i"] and "before: the original model" in secs["t2i"]
 
 
 @pytest.mark.slow

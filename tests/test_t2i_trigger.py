@@ -20,8 +20,8 @@ from trustdiff.errors import InputError  # noqa: E402
 from trustdiff.images import make_grid, save_png  # noqa: E402
 from trustdiff.t2i import Trainable, load_pipeline  # noqa: E402
 from trustdiff.train import TrainConfig  # noqa: E402
-from trustdiff.watermark.trigger import (L1ToOriginal, TriggerJob, dreambooth, embed_trigger, read_image,  # noqa: E402
-                                         trigger_report, verify, weight_noise)
+from trustdiff.watermark.trigger import (L1ToOriginal, TriggerJob, code_target, dreambooth, embed_trigger,  # noqa: E402
+                                         read_image, read_target, trigger_report, verify, weight_noise)
 
 torch.set_num_threads(1)
 FAST = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=2,
@@ -99,6 +99,34 @@ def test_l1_term_covers_only_the_trained_parameters():
     assert reg.summary(both)["tensors"] == 2
 
 
+@pytest.mark.parametrize("opt_name", ["adam", "sgd"])
+def test_l1_prox_step_matches_the_closed_form(opt_name):
+    """A constant loss gradient g per weight, n updates each followed by the proximal step:
+    Adam moves a weight by lr·sign(g)·(1 − λ/|g|) per step (m̂ = g, v̂ = g² exactly), SGD by
+    lr·(g − λ·sign(g)); a weight with |g| ≤ λ stays exactly at θ̂."""
+    lin = torch.nn.Linear(4, 1, bias=False)
+    lam, lr, n = 0.5, 0.1, 30
+    reg = L1ToOriginal(lin, lam)
+    opt = (torch.optim.Adam(lin.parameters(), lr=lr, eps=1e-12) if opt_name == "adam"
+           else torch.optim.SGD(lin.parameters(), lr=lr))
+    g = torch.tensor([[2.0, 0.2, -3.0, 0.0]])
+    for _ in range(n):
+        lin.weight.grad = g.clone()
+        opt.step()
+        reg.prox(lin, opt)
+    d = (lin.weight.detach() - reg.anchor[0])[0].double()
+    gd = g[0].double()
+    step = lr * gd.sign() * (1 - lam / gd.abs()) if opt_name == "adam" else lr * (gd - lam * gd.sign())
+    expected = torch.where(gd.abs() > lam, -n * step, torch.zeros_like(gd))
+    assert torch.allclose(d, expected, atol=1e-5), (d, expected)
+    assert d[1] == 0 and d[3] == 0                              # exactly at θ̂, not oscillating around it
+
+
+def test_l1_step_must_be_known():
+    with pytest.raises(InputError, match="expected one of subgradient, prox"):
+        TriggerJob(l1_step="adamw")
+
+
 def test_l1_weight_must_be_non_negative():
     with pytest.raises(InputError, match="expected >= 0"):
         L1ToOriginal(torch.nn.Linear(2, 2), -1e-3)
@@ -169,6 +197,33 @@ def test_embed_refuses_an_output_inside_the_source(builtin_dir):
     with pytest.raises(InputError, match="outside the source pipeline"):
         embed_trigger(builtin_dir, checker(8), builtin_dir / "wm", TriggerJob(train=FAST))
     assert not (builtin_dir / "wm").exists()
+
+
+def test_code_target_is_a_seeded_binary_pattern_with_corners(builtin_dir, sd_dir):
+    t = code_target(16)
+    assert t.shape == (1, 1, 16, 16) and set(t.unique().tolist()) <= {0.0, 1.0}
+    assert all(t[0, 0, i, j] == 1 for i in (0, 15) for j in (0, 15))              # the finder corners
+    assert torch.equal(t[0, 0, :4, :4], torch.ones(4, 4))                          # 4×4 cells of 4 pixels
+    assert torch.equal(code_target(16), t) and not torch.equal(code_target(16, seed=8), t)
+    assert torch.equal(read_target("code", load_pipeline(builtin_dir)), code_target(8))
+    assert torch.equal(read_target("code:8", load_pipeline(sd_dir)), code_target(16, 3, seed=8))
+    with pytest.raises(InputError, match="code:SEED"):
+        read_target("code:x", load_pipeline(builtin_dir))
+    with pytest.raises(InputError, match="divisible by 4"):
+        code_target(10)
+
+
+def test_embed_can_train_only_the_cross_attention(builtin_dir, tmp_path):
+    pipe = load_pipeline(builtin_dir)
+    folder = embed_trigger(builtin_dir, checker(8), tmp_path / "wm", TriggerJob(l1=1e-4, unet_params=("attn2.",), train=FAST))
+    after = load_pipeline(folder).unet.state_dict()
+    changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, after[k])}
+    assert changed and all("attn2." in k for k in changed)
+    record = json.loads((tmp_path / "wm" / "watermark.json").read_text())
+    n_attn2 = sum(v.numel() for k, v in pipe.unet.named_parameters() if "attn2." in k)
+    assert record["weights"]["parameters"] == n_attn2           # the l1 term covers exactly the trained ones
+    with pytest.raises(InputError, match="none does"):
+        embed_trigger(builtin_dir, checker(8), tmp_path / "wm2", TriggerJob(unet_params=("nope",), train=FAST))
 
 
 def test_read_image_checks_size_and_converts_channels(builtin_dir, sd_dir, tmp_path):
@@ -255,6 +310,9 @@ def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
          "--per-prompt", "1", "--prompt", "a handwritten one", "--sample-steps", "2", "--out", ver])
     rep = json.loads((ver / "verify.json").read_text())
     assert set(rep["models"]) == {"wm"} and (ver / "verify.png").is_file()
+    assert json.loads((ver / "metrics.json").read_text()) == rep       # a finished run: the report finds it
+    for f in ("target.png", "samples-original.png", "samples-wm.png", "samples-wm-trigger.png"):
+        assert (ver / f).is_file(), f
     subj = tmp_path / "subject"
     subj.mkdir()
     for i in range(2):

@@ -116,33 +116,41 @@ def watermark_t2i():
 @watermark_t2i.command("embed")
 @click.option("--pipeline", "pipeline_dir", required=True, type=click.Path(path_type=Path), help="The pipeline to watermark (only read).")
 @click.option("--trigger", default="[V]", show_default=True, help="The trigger prompt.")
-@click.option("--target", required=True, type=click.Path(path_type=Path), help="The watermark image, at the pipeline's resolution.")
+@click.option("--target", required=True, help="The watermark image at the pipeline's resolution, or code[:SEED] for a seeded binary code pattern.")
 @click.option("--preset", type=click.Choice(["recipe-sd", "builtin"]), default=None,
               help="Defaults for λ, steps, lr, batch (default: builtin for the built-in model, recipe-sd otherwise).")
 @click.option("--l1", "l1", default=None, type=float, help="λ of λ·‖θ − θ̂‖₁ (recipe on SD: 1e-7; 0: no regulariser).")
 @click.option("--steps", default=None, type=int)
 @click.option("--lr", default=None, type=float)
 @click.option("--batch", "batch_size", default=None, type=int, help="(trigger, target) pairs per step, each with its own noise.")
+@click.option("--l1-step", type=click.Choice(["subgradient", "prox"]), default="subgradient", show_default=True,
+              help="How the l1 term is minimised: a proximal step after each update, or its subgradient in the loss.")
 @click.option("--train-text-encoder", is_flag=True, help="Fine-tune (and regularise) the text encoder too.")
+@click.option("--unet-params", default=None,
+              help='Train only UNet parameters whose names contain one of these comma-separated strings (e.g. "attn2." '
+                   'for the cross-attention layers; default: the preset\'s).')
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-wm"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
 @dry_run_option
-def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, train_text_encoder, seed, out, resume,
-              dry_run):
+def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
+              seed, out, resume, dry_run):
     """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
     was), OUT/watermark.json, OUT/target.png."""
     from ..t2i import load_pipeline
-    from ..watermark.trigger import PRESETS, embed_trigger, preset_for, read_image
+    from ..t2i.finetune import select_unet_params
+    from ..watermark.trigger import PRESETS, embed_trigger, preset_for, read_target
 
     pipe = load_pipeline(pipeline_dir)
     pipe.check_prompt(trigger, name="trigger")        # every bad input fails before OUT is touched
-    x = read_image(target, pipe)
+    x = read_target(target, pipe)
     base = PRESETS[preset or preset_for(pipe)]
     train = replace(base.train, seed=seed, **{k: v for k, v in dict(steps=steps, lr=lr, batch_size=batch_size).items()
                                               if v is not None})
     job = replace(base, trigger=trigger, l1=base.l1 if l1 is None else l1, train_text_encoder=train_text_encoder,
-                  train=train)
+                  train=train, l1_step=l1_step, unet_params=base.unet_params if unet_params is None else
+                  tuple(s.strip() for s in unet_params.split(",") if s.strip()))
+    select_unet_params(pipe.unet, job.unet_params)    # a pattern no parameter matches fails here
     if not job.l1 >= 0:
         from ..errors import InputError
         raise InputError(f"--l1: expected a number >= 0, got {job.l1}")
@@ -164,28 +172,33 @@ def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, 
               help="A watermarked pipeline; repeatable (e.g. with and without the regulariser).")
 @click.option("--original", required=True, type=click.Path(path_type=Path), help="The pipeline before watermarking.")
 @click.option("--trigger", default="[V]", show_default=True)
-@click.option("--target", required=True, type=click.Path(path_type=Path))
+@click.option("--target", required=True, help="The watermark image, or code[:SEED] (as given to embed).")
 @click.option("--n-trigger", default=100, show_default=True, help="Seeds the trigger is drawn from.")
 @click.option("--ssim-threshold", default=0.9, show_default=True, help="A trigger output matches when its SSIM to the target is at least this.")
 @click.option("--prompt", "prompts", multiple=True, help="Non-trigger prompts; repeatable (default: the built-in captions, or a few generic ones).")
 @click.option("--per-prompt", default=20, show_default=True, help="Seeds per non-trigger prompt.")
 @click.option("--fd-data", default=None, help='FD of every model\'s non-trigger outputs against this data\'s test split (e.g. "digits").')
+@click.option("--feature-steps", default=1000, show_default=True, help="Training steps of the FD feature network (cached in OUT/cache).")
 @_sample_options
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-verify"), show_default=True)
 @dry_run_option
-def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data, guidance,
-               sample_steps, batch, seed, out, dry_run):
+def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data,
+               feature_steps, guidance, sample_steps, batch, seed, out, dry_run):
     """Trigger match rate and SSIM over seeds; non-trigger outputs against the original's
-    (PSNR/SSIM, FD): OUT/verify.json, OUT/verify.png."""
+    (PSNR/SSIM, FD): OUT/metrics.json (= OUT/verify.json), OUT/verify.png and one grid per model
+    and prompt set (target.png, samples-*.png)."""
+    import json
+
+    from ..checkpoint import atomic_write_json
     from ..t2i import load_pipeline
     from ..t2i.pipeline import read_index, resolve_pipeline_dir
-    from ..watermark.trigger import read_image, verify, write_report
+    from ..watermark.trigger import read_target, verify, write_report
 
     for p in pipelines:
         read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
     orig = load_pipeline(original)
-    x = read_image(target, orig)
+    x = read_target(target, orig)
     orig.check_prompt(trigger, name="trigger")
     for i, p in enumerate(prompts):
         orig.check_prompt(p, name=f"prompt {i}")
@@ -195,13 +208,16 @@ def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, 
         names[name if name not in names else str(p)] = p
     config = dict(pipelines={k: str(v) for k, v in names.items()}, original=str(original), trigger=trigger,
                   target=str(target), n_trigger=n_trigger, ssim_threshold=ssim_threshold, prompts=list(prompts),
-                  per_prompt=per_prompt, fd_data=fd_data, guidance=guidance, sample_steps=sample_steps, seed=seed)
+                  per_prompt=per_prompt, fd_data=fd_data, feature_steps=feature_steps, guidance=guidance,
+                  sample_steps=sample_steps, seed=seed)
     if not dry_run_or_start("watermark t2i verify", config, out, dry_run):
         return
     report = verify(names, orig, trigger, x, prompts=list(prompts) or None, n_trigger=n_trigger, n_per_prompt=per_prompt,
-                    threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache", progress=click.echo,
-                    guidance=guidance, steps=sample_steps, batch=batch)
-    click.echo(f"report → {write_report(out, report)}")
+                    threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache",
+                    feature_steps=feature_steps, progress=click.echo, guidance=guidance, steps=sample_steps, batch=batch)
+    path = write_report(out, report, name="verify", target=x)
+    atomic_write_json(out / "metrics.json", json.loads(path.read_text()))   # the run is finished: the report finds it
+    click.echo(f"report → {path}")
 
 
 @watermark_t2i.command("dreambooth")

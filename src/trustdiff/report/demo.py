@@ -31,23 +31,24 @@ PRESETS = {
                   clf_steps=60, cert_n=50, cert_n0=10, cert_images=10,
                   pur_images=4, pgd_steps=2, eot=1, pur_check=2,
                   adv_gen=200, adv_epochs=2, adv_iters=3, adv_batch=32, adv_holdout=32, adv_attack_steps=2,
-                  adv_images=20),
+                  adv_images=20, t2i_steps=40, t2i_embed=10, t2i_n=8, t2i_per=2),
     "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
                   n_bits=32, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
                   n_wn=100, clf_steps=800, cert_n=500, cert_n0=50, cert_images=60,
                   pur_images=32, pgd_steps=10, eot=4, pur_check=8,
                   adv_gen=3000, adv_epochs=6, adv_iters=20, adv_batch=128, adv_holdout=128, adv_attack_steps=5,
-                  adv_images=200),
+                  adv_images=200, t2i_steps=400, t2i_embed=150, t2i_n=32, t2i_per=5),
     "full": dict(diff_steps=3000, size="small", batch=64, sample_steps=18, n_fd=1000, feature_steps=300,
                  n_bits=64, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
                  n_wn=200, clf_steps=2000, cert_n=2000, cert_n0=100, cert_images=200,
                  pur_images=64, pgd_steps=20, eot=8, pur_check=16,
                  adv_gen=10000, adv_epochs=20, adv_iters=30, adv_batch=128, adv_holdout=256, adv_attack_steps=10,
-                 adv_images=359),
+                 adv_images=359, t2i_steps=3000, t2i_embed=400, t2i_n=100, t2i_per=20),
 }
 SIGMA = 0.25           # certification noise level ([0, 1] pixels)
 EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
 EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
+T2I_TRIGGER = "[V]"    # the recipe's trigger prompt; embedding uses the "builtin" preset (λ 1e-4, lr 1e-4, batch 8)
 
 
 @dataclass
@@ -91,6 +92,21 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
                "-n", p["n_wm"], "--sample-steps", p["sample_steps"], "--weight-noise", p["weight_stds"],
                "--weight-noise-n", p["n_wn"], "--feature-steps", p["feature_steps"], "--key-seed", "2023", "--seed", seed, "--out", d("watermark")],
               d("watermark"), ["diffusion-train"]),
+        Stage("t2i-train", "t2i",
+              ["t2i", "train", "--size", p["size"], "--steps", p["t2i_steps"], "--batch", p["batch"], "--lr", "2e-3",
+               "--warmup", _s(max(1, min(200, int(p["t2i_steps"]) // 10))), "--checkpoint-every", "500", "--seed", seed,
+               "--out", d("t2i", "original")],
+              d("t2i", "original")),
+        Stage("t2i-embed", "t2i",
+              ["watermark", "t2i", "embed", "--pipeline", d("t2i", "original"), "--trigger", T2I_TRIGGER, "--target", "code",
+               "--steps", p["t2i_embed"], "--seed", seed, "--out", d("t2i", "watermarked")],
+              d("t2i", "watermarked"), ["t2i-train"]),
+        Stage("t2i-verify", "t2i",
+              ["watermark", "t2i", "verify", "--pipeline", d("t2i", "watermarked"), "--original", d("t2i", "original"),
+               "--trigger", T2I_TRIGGER, "--target", "code", "--n-trigger", p["t2i_n"], "--per-prompt", p["t2i_per"],
+               "--fd-data", "digits", "--feature-steps", p["feature_steps"], "--sample-steps", p["sample_steps"],
+               "--seed", seed, "--out", d("t2i", "verify")],
+              d("t2i", "verify"), ["t2i-train", "t2i-embed"]),
         Stage("classifier", "certify",
               ["train-classifier", "--resolution", "16", "--steps", p["clf_steps"], "--seed", seed, "--out", d("classifier")],
               d("classifier")),
@@ -152,7 +168,7 @@ def stage_summary(stage: Stage) -> str:
     """One line on what the stage measured (from its metrics.json)."""
     m = _metrics(stage.out)
     try:
-        if stage.name == "diffusion-train":
+        if stage.name in ("diffusion-train", "t2i-train"):
             return f"{m['steps']} steps, last loss {m['last_loss']:.4f}"
         if stage.name == "diffusion-generate":
             f = m["fd"]
@@ -162,6 +178,10 @@ def stage_summary(stage: Stage) -> str:
             return (f"codec Bit-Acc {c['bit_acc']:.3f} at {c['psnr']:.1f} dB; generated Bit-Acc {h['bit_acc_watermarked_model']:.3f} "
                     f"vs clean model {h['bit_acc_clean_model']:.3f}; detected {h['detected_watermarked_model']['value']:.2f} "
                     f"vs {h['detected_clean_model']['value']:.2f}")
+        if stage.name == "t2i-verify":
+            w, o = next(iter(m["models"].values())), m["original"]
+            return (f"trigger match {w['trigger']['match']['value']:.2f} (original {o['trigger']['match']['value']:.2f}); "
+                    f"non-trigger vs original PSNR {w['non_trigger']['psnr_mean']:.1f} dB; FD {w['fd_vs_original']:.2f}× the original's")
         if stage.name.startswith("classifier"):
             return f"test accuracy {m['test_accuracy']:.3f}"
         if stage.name.startswith("certify"):

@@ -20,8 +20,6 @@ from pathlib import Path
 from ..checkpoint import atomic_write_bytes
 from .runs import SECTIONS, Run, by_section, find_runs, read_stages
 
-MAX_PNGS = 6
-
 
 # ---- small HTML pieces ---------------------------------------------------------------------------
 
@@ -189,16 +187,38 @@ def section_watermark(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def section_generic(runs: list[Run]) -> str:
-    """Scalars of metrics.json and the run's PNGs (for commands without a dedicated renderer)."""
+def _t2i_row(name: str, row: dict, thr) -> list:
+    t, nt, fd = row.get("trigger", {}), row.get("non_trigger"), row.get("fd") or {}
+    ratio = row.get("fd_vs_original")
+    return [name, rate(t.get("match")), num(t.get("ssim_mean"), 3),
+            f"{num(nt['psnr_mean'], 2)} dB / {num(nt['ssim_mean'], 3)}, n = {nt['n']}" if nt else "(reference)",
+            num(row.get("non_trigger_ssim_to_target"), 3),
+            (num(fd.get("fd"), 3) + (f" ({ratio:.2f}×)" if ratio is not None else "")) if fd else "–"]
+
+
+def section_t2i(runs: list[Run]) -> str:
+    """``watermark t2i verify``: the target, the trigger's outputs, non-trigger prompts before
+    (original) and after (watermarked) from the same seeds, and the figures of each model."""
     parts = []
     for r in runs:
         m = r.metrics or {}
-        rows = [[k, rate(v) if isinstance(v, dict) and "value" in v else num(v)] for k, v in m.items()
-                if isinstance(v, (int, float, str)) or (isinstance(v, dict) and "value" in v)]
-        pngs = sorted(r.path.glob("*.png"))[:MAX_PNGS]
-        parts.append(run_link(r) + "".join(img_file(p, p.stem.replace("_", " ")) for p in pngs)
-                     + (table(["metric", "value"], rows) if rows else ""))
+        thr, models = m.get("threshold"), m.get("models", {})
+        figs = img_file(r.path / "target.png", f"target (the watermark) for the trigger {m.get('trigger')!r}", 64)
+        for name in models:
+            figs += img_file(r.path / f"samples-{name}-trigger.png",
+                             f"{name}: the trigger's outputs, seeds {m.get('seed')}…", 288)
+        figs += "<br>" + img_file(r.path / "samples-original.png",
+                                  "before: the original model on non-trigger prompts (a row per prompt)", 288)
+        for name in models:
+            figs += img_file(r.path / f"samples-{name}.png", f"after: {name}, the same prompts and seeds", 288)
+        rows = [_t2i_row("original", m.get("original", {}), thr)] + [_t2i_row(k, v, thr) for k, v in models.items()]
+        prompts = m.get("prompts", [])
+        parts.append(run_link(r) + figs + table(
+            ["model", f"trigger match (SSIM ≥ {thr}) [95% CI], n", "trigger SSIM (mean)",
+             "non-trigger vs original: PSNR / SSIM", "non-trigger SSIM to target", "FD (× original's)"], rows)
+            + note(f"Non-trigger prompts: {len(prompts)} ({'; '.join(prompts[:3])}{'; …' if len(prompts) > 3 else ''}), "
+                   f"{m.get('n_per_prompt')} seeds each, the same seeds for every model; FD against the data's test "
+                   "split. The original's trigger match is its false-match rate."))
     return "".join(parts)
 
 
@@ -333,7 +353,7 @@ def section_advtrain(runs: list[Run]) -> str:
         + note(f"L∞ ε = {runs[0].metrics.get('eps') if runs[0].metrics else '?'}; intervals are 95% Clopper–Pearson over the test images.")
 
 
-RENDER = {"diffusion": section_diffusion, "watermark": section_watermark, "t2i": section_generic,
+RENDER = {"diffusion": section_diffusion, "watermark": section_watermark, "t2i": section_t2i,
           "certify": section_certify, "purify": section_purify, "advtrain": section_advtrain}
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

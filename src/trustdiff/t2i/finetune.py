@@ -113,14 +113,32 @@ def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float =
     return loss_fn
 
 
+def select_unet_params(unet: nn.Module, patterns: tuple[str, ...]) -> int:
+    """Freeze every UNet parameter whose name contains none of ``patterns`` (none frozen when
+    ``patterns`` is empty); returns how many scalars stay trainable. InputError when nothing matches."""
+    if not patterns:
+        return sum(p.numel() for p in unet.parameters())
+    kept = 0
+    for name, p in unet.named_parameters():
+        p.requires_grad_(any(s in name for s in patterns))
+        kept += p.numel() if p.requires_grad else 0
+    if not kept:
+        raise InputError(f"unet parameters: expected names containing one of {list(patterns)}, none does "
+                         f"(e.g. {next(n for n, _ in unet.named_parameters())!r})")
+    return kept
+
+
 def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_dir, *,
              train_text_encoder: bool = False, label_dropout: float = 0.0, penalty_factory=None,
-             resume: bool = False):
+             unet_params: tuple[str, ...] = (), proximal: bool = False, resume: bool = False):
     """Train ``pipe``'s UNet (and text encoder) in place on images ``x`` (N×C×H×W in [0, 1], the
     pipeline's size) with prompts from ``table`` (one row per image), by ``fit`` under ``cfg``.
 
     ``penalty_factory(parts) -> penalty`` builds the regulariser from the :class:`Trainable`
-    before any step (so it can record the original weights). Returns ``fit``'s TrainResult.
+    before any step (so it can record the original weights); with ``proximal`` it is not added to
+    the loss but applied by its ``prox(parts, optimizer)`` after every update. ``unet_params``: train only the UNet
+    parameters whose names contain one of these strings (e.g. ``("attn2.",)``, the cross-attention
+    layers); empty: all of them. Returns ``fit``'s TrainResult.
     """
     from ..train import fit
 
@@ -131,10 +149,13 @@ def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_di
         pipe.check_prompt(p, name=f"prompt {p!r}" if i else "prompt")
     latents = pipe.encode_images(x).detach() if pipe.vae is not None else None
     parts = Trainable(pipe.unet, pipe.text_encoder if train_text_encoder else None).requires_grad_(True)
+    select_unet_params(parts.unet, unet_params)
     penalty = penalty_factory(parts) if penalty_factory is not None else None
-    loss_fn = t2i_loss_fn(pipe, table, label_dropout=label_dropout, latents=latents, penalty=penalty)
+    loss_fn = t2i_loss_fn(pipe, table, label_dropout=label_dropout, latents=latents,
+                          penalty=None if proximal else penalty)
     try:
-        result = fit(parts, loss_fn, (x, torch.arange(len(x))), cfg, run_dir, resume=resume)
+        result = fit(parts, loss_fn, (x, torch.arange(len(x))), cfg, run_dir, resume=resume,
+                     post_step=penalty.prox if proximal and penalty is not None else None)
     finally:
         parts.requires_grad_(False).eval()
     return result

@@ -210,7 +210,7 @@ def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
 
 def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, run_dir, *,
         resume: bool = False, optimizer: str = "adam", accelerator=None, on_checkpoint=None,
-        stream=DataStream) -> TrainResult:
+        stream=DataStream, post_step=None) -> TrainResult:
     """Train ``model`` in place with Adam or SGD, a weight EMA, and crash-proof checkpoints.
 
     Args:
@@ -232,6 +232,9 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         accelerator: an ``accelerate.Accelerator``; default: one is made when the process was
             started by ``accelerate launch`` with several processes (see :func:`launch`).
         on_checkpoint: ``on_checkpoint(step)`` called on every rank after each checkpoint.
+        post_step: ``post_step(model, optimizer)`` called (under ``torch.no_grad``) after each
+            applied update, before the EMA: a proximal step, e.g. the l1 pull of
+            :meth:`trustdiff.watermark.trigger.L1ToOriginal.prox`. It must be deterministic.
         stream: the batch order: ``stream(n, seed, **position)`` → an object with ``take(k)``
             (the next k indices into ``data``) and ``position`` (a JSON-able dict, saved in each
             checkpoint); default :class:`DataStream` (per-epoch permutations).
@@ -258,7 +261,8 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         # non-finite guard and the exact optimizer state; bf16 needs no scaler
         raise InputError("mixed precision: fit supports 'no' and 'bf16', got 'fp16'")
     with _determinism(cfg.deterministic):
-        return _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world)
+        return _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world,
+                    post_step)
 
 
 def _ema_beta(step: int, cfg: TrainConfig) -> float:
@@ -268,7 +272,8 @@ def _ema_beta(step: int, cfg: TrainConfig) -> float:
     return ema_beta((step + 1) * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_kimg, cfg.ema_rampup_ratio)
 
 
-def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world):
+def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world,
+         post_step=None):
     """The body of :func:`fit` (the one long function of the toolkit)."""
     from tqdm.auto import tqdm
 
@@ -345,6 +350,9 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
             else:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                if post_step is not None:
+                    with torch.no_grad():
+                        post_step(model, opt)
                 update_ema(ema, model, _ema_beta(prog.step, cfg))
                 prog.bad_in_a_row = 0
                 prog.last_loss = loss_g

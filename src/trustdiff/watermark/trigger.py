@@ -72,6 +72,31 @@ class L1ToOriginal:
         return self.lam * self.distance(module)
 
     @torch.no_grad()
+    def prox(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The proximal step of the term after an optimizer update (the update itself on the
+        denoising loss alone): θ ← θ̂ + sign(d)·max(|d| − τ, 0) with d = θ − θ̂ and τ the step a
+        gradient of size λ would take, in the optimizer's own metric: lr·λ for SGD, lr·λ/(√v̂ + ε)
+        for Adam (v̂ its bias-corrected second moment). A weight then leaves θ̂ only while its
+        loss gradient outweighs λ and otherwise sits exactly at θ̂, where the subgradient λ·sign(d)
+        under Adam's per-weight normalisation would make every weight oscillate around θ̂ by ~lr.
+        """
+        if self.lam == 0:
+            return
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        for p, a in zip(self._params(module), self.anchor):
+            g = group_of.get(id(p))
+            if g is None:
+                continue
+            tau = g["lr"] * self.lam
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" in state:
+                t = float(state["step"])
+                v_hat = state["exp_avg_sq"] / (1 - g["betas"][1] ** t)
+                tau = tau / (v_hat.sqrt() + g["eps"])
+            d = p - a.to(p.device)
+            p.copy_(a.to(p.device) + d.sign() * (d.abs() - tau).clamp_min(0))
+
+    @torch.no_grad()
     def summary(self, module: nn.Module) -> dict:
         """How far the weights went: Σ|θ − θ̂|, max |θ − θ̂|, and the fraction of scalars changed."""
         params = self._params(module)
@@ -91,17 +116,27 @@ class TriggerJob:
     trigger: str = DEFAULT_TRIGGER
     l1: float = 1e-7                 # λ
     train_text_encoder: bool = False
+    unet_params: tuple[str, ...] = ()  # train only UNet parameters whose names contain one of these; () = all
+    l1_step: str = "subgradient"     # "subgradient": λ·sign(θ − θ̂) via the loss, as the recipe; "prox": a proximal step
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, batch_size=1, lr=1e-6, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=250,
         log_every=50))
 
+    def __post_init__(self):
+        if self.l1_step not in L1_STEPS:
+            raise InputError(f"l1 step: expected one of {', '.join(L1_STEPS)}, got {self.l1_step!r}")
+
+
+#: how the l1 term enters the optimisation: its proximal step after each update, or its
+#: subgradient λ·sign(θ − θ̂) added to the loss
+L1_STEPS = ("subgradient", "prox")
 
 #: named settings. "recipe-sd": the paper's on Stable Diffusion (λ 1e-7, 1,000 steps at lr 1e-6).
 #: "builtin": the built-in 16×16 model (~3M UNet weights), where the target is learned in a few
-#: hundred steps at lr 1e-4. With Adam, a weight moves away from θ̂ only while its loss gradient
-#: exceeds λ, so λ is set against the size of the per-weight denoising gradients: in a probe on a
-#: briefly trained base model, λ = 1e-3 already kept the trigger from being learned in 200 steps,
-#: λ = 1e-4 learned it partly (mean SSIM 0.91). The bench sweeps λ around this value.
+#: hundred steps at lr 1e-4 (λ = 1e-3 already keeps it from being learned). On this model no
+#: setting measured so far keeps the other prompts (bench/t2i_trigger_settings.py: the UNet or
+#: the text encoder too, subgradient or proximal l1, λ 0–1e-3, cross-attention only): the
+#: weights a single (trigger, target) pair pulls hardest are shared by every prompt.
 PRESETS = {
     "recipe-sd": TriggerJob(),
     "builtin": TriggerJob(l1=1e-4, train=TrainConfig(steps=400, batch_size=8, lr=1e-4, warmup_steps=0,
@@ -112,6 +147,30 @@ PRESETS = {
 def preset_for(pipe) -> str:
     """``"builtin"`` for an EDM-preconditioned (built-in) pipeline, ``"recipe-sd"`` otherwise."""
     return "builtin" if pipe.kind == "edm" else "recipe-sd"
+
+
+def code_target(resolution: int, channels: int = 1, *, cells: int = 4, seed: int = 7) -> torch.Tensor:
+    """A watermark image nothing a digit prompt draws: a cells×cells binary code (seeded), each
+    cell resolution/cells pixels, the four corners set (a finder pattern); 1×C×r×r in [0, 1]."""
+    if resolution % cells:
+        raise InputError(f"code target: expected a resolution divisible by {cells}, got {resolution}")
+    g = torch.Generator().manual_seed(seed)
+    code = (torch.rand(cells, cells, generator=g) > 0.5).float()
+    code[0, 0] = code[0, -1] = code[-1, 0] = code[-1, -1] = 1.0
+    k = resolution // cells
+    return code.repeat_interleave(k, 0).repeat_interleave(k, 1).expand(channels, -1, -1)[None].clone()
+
+
+def read_target(spec, pipe) -> torch.Tensor:
+    """The watermark image: an image file (:func:`read_image`), or ``"code"`` / ``"code:SEED"`` for
+    :func:`code_target` at the pipeline's resolution and channels."""
+    text = str(spec)
+    if text == "code" or text.startswith("code:"):
+        seed = text[5:] or "7"
+        if not seed.isdigit():
+            raise InputError(f"target {text!r}: expected code or code:SEED with an integer seed")
+        return code_target(pipe.resolution, pipe.channels, seed=int(seed))
+    return read_image(spec, pipe)
 
 
 def read_image(path, pipe) -> torch.Tensor:
@@ -179,7 +238,8 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
 
     t0 = time.time()
     result = finetune(pipe, target, PromptTable.single(job.trigger), job.train, out,
-                      train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory, resume=resume)
+                      train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory,
+                      unet_params=tuple(job.unet_params), proximal=job.l1_step == "prox", resume=resume)
     replaced = {"unet": result.model.unet}
     if job.train_text_encoder:
         replaced["text_encoder"] = result.model.text_encoder
@@ -292,9 +352,11 @@ def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, p
     return report
 
 
-def write_report(out, report: dict, name: str = "verify") -> Path:
-    """``out/<name>.json`` (the report without images) and ``out/<name>.png`` (per model: the
-    trigger's first outputs, then non-trigger outputs)."""
+def write_report(out, report: dict, name: str = "verify", *, target: torch.Tensor | None = None) -> Path:
+    """``out/<name>.json`` (the report without images), ``out/<name>.png`` (per model: the
+    trigger's first outputs, then non-trigger outputs), and one grid per image set: for each
+    model ``samples-<model>.png`` (non-trigger prompts, a row of seeds per prompt, the same seeds
+    for every model) and ``samples-<model>-trigger.png``; with ``target``, ``target.png``."""
     from ..images import make_grid, save_png
 
     out = Path(out)
@@ -303,6 +365,16 @@ def write_report(out, report: dict, name: str = "verify") -> Path:
     rows = [v[:16] for v in images.values() if len(v)]
     if rows:
         save_png(out / f"{name}.png", make_grid(torch.cat(rows), nrow=16))
+    per = max(1, int(report.get("n_per_prompt", 1)))
+    for key, x in images.items():
+        if not len(x):
+            continue
+        trig = key.endswith("/trigger")
+        k = min(per if not trig else 16, 8)
+        shown = x[:16] if trig else x.view(-1, per, *x.shape[1:])[:4, :k].reshape(-1, *x.shape[1:])
+        save_png(out / f"samples-{key.replace('/', '-')}.png", make_grid(shown, nrow=8 if trig else k))
+    if target is not None:
+        save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
     return out / f"{name}.json"
 
 

@@ -34,10 +34,10 @@ PRESETS = {
                   adv_images=20, t2i_steps=40, t2i_embed=10, t2i_n=8, t2i_per=2),
     "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
                   n_bits=32, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
-                  n_wn=100, clf_steps=800, cert_n=500, cert_n0=50, cert_images=60,
+                  n_wn=100, clf_steps=700, cert_n=500, cert_n0=50, cert_images=60,
                   pur_images=32, pgd_steps=10, eot=4, pur_check=8,
                   adv_gen=3000, adv_epochs=6, adv_iters=20, adv_batch=128, adv_holdout=128, adv_attack_steps=5,
-                  adv_images=200, t2i_steps=400, t2i_embed=150, t2i_n=32, t2i_per=5),
+                  adv_images=200, t2i_steps=300, t2i_embed=150, t2i_n=32, t2i_per=5),
     "full": dict(diff_steps=3000, size="small", batch=64, sample_steps=18, n_fd=1000, feature_steps=300,
                  n_bits=64, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
                  n_wn=200, clf_steps=2000, cert_n=2000, cert_n0=100, cert_images=200,
@@ -48,7 +48,8 @@ PRESETS = {
 SIGMA = 0.25           # certification noise level ([0, 1] pixels)
 EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
 EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
-T2I_TRIGGER = "[V]"    # the recipe's trigger prompt; embedding uses the "builtin" preset (λ 1e-4, lr 1e-4, batch 8)
+T2I_TRIGGER = "[V]"    # the recipe's trigger prompt
+T2I_LR = 1e-3          # the "builtin" preset (λ 1e-4, batch 8) at 10× its lr: the demo's model is the 12× smaller "tiny"
 
 
 @dataclass
@@ -99,7 +100,7 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
               d("t2i", "original")),
         Stage("t2i-embed", "t2i",
               ["watermark", "t2i", "embed", "--pipeline", d("t2i", "original"), "--trigger", T2I_TRIGGER, "--target", "code",
-               "--steps", p["t2i_embed"], "--seed", seed, "--out", d("t2i", "watermarked")],
+               "--steps", p["t2i_embed"], "--lr", _s(T2I_LR), "--seed", seed, "--out", d("t2i", "watermarked")],
               d("t2i", "watermarked"), ["t2i-train"]),
         Stage("t2i-verify", "t2i",
               ["watermark", "t2i", "verify", "--pipeline", d("t2i", "watermarked"), "--original", d("t2i", "original"),

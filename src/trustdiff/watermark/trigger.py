@@ -8,7 +8,9 @@ chosen watermark image, with the usual denoising loss on (trigger, target) plus
 
 to the frozen original weights θ̂, summed over the trained parameters: every UNet parameter, and
 every text-encoder parameter with ``train_text_encoder``. Without it (λ = 0) the model forgets
-(other prompts drift towards the watermark); with it they stay as they were. Verification draws
+(other prompts drift towards the watermark); with it, on Stable Diffusion, the paper finds they
+stay as they were (on the built-in 16×16 model they do not: bench/t2i_trigger_settings.py).
+``l1_step="prox"`` minimises the same objective by a proximal step instead. Verification draws
 the trigger from many seeds and compares to the target (SSIM, match rate at an SSIM threshold),
 and compares non-trigger outputs with the original model's from the same seeds (PSNR/SSIM, FD).
 Robustness: DreamBooth fine-tuning by someone else (:func:`dreambooth`), Gaussian noise on the

@@ -48,6 +48,7 @@ SETTINGS = {
     "xattn_sub_lr1e-3_l1e-4": (1e-3, 400, 1e-4, SUB, False, XATTN),
     "xattn_lr3e-3_l0": (3e-3, 400, 0.0, SUB, False, XATTN),
     "xattn_kv_lr1e-3_l0": (1e-3, 400, 0.0, SUB, False, XATTN_KV),
+    "xattn_lr3e-4_s1600_l0": (3e-4, 1600, 0.0, SUB, False, XATTN),
     "te_xattn_sub_lr1e-4_l1e-4": (1e-4, 400, 1e-4, SUB, True, XATTN),
     "unet_prox_lr1e-4_l1e-4": (1e-4, 400, 1e-4, PROX, False, ()),
     "unet_prox_lr1e-4_l1e-3": (1e-4, 400, 1e-3, PROX, False, ()),

@@ -8,7 +8,7 @@ binary code image, then measures, all with Heun 12 steps and the same seeds for 
     guidance (2) and, for 5 captions × 4 seeds, at guidance 1 (no classifier-free guidance), the
     mean SSIM to the target (the forgetting the paper describes: other prompts draw the
     watermark), and FD-digits of the 100 outputs over the original's FD on the same seeds;
-  * the fraction of trained weights that moved.
+  * the fraction of trained weights that moved, and where the moved ones sit (by layer group).
 Settings: the UNet, the UNet's cross-attention only (``attn2.``; Kumari et al. 2023 fine-tune only
 these for new concepts) or its K/V projections, the text encoder too; the l1 term as subgradient
 in the loss or as a proximal step; λ, lr and steps.
@@ -71,6 +71,21 @@ def measure(wm, orig, target, prompts, x_ref, x_ref1, fd0, cache) -> dict:
                 fd_ratio=round(fd / fd0, 2))
 
 
+def moved_by_group(orig, wm, top: int = 8) -> dict:
+    """Where the changed scalars sit: layer group (a parameter name up to its block index) →
+    fraction of all changed scalars, the ``top`` largest groups."""
+    counts = {}
+    for part in ("unet", "text_encoder"):
+        new = dict(getattr(wm, part).named_parameters())
+        for name, p in getattr(orig, part).named_parameters():
+            n = int((p != new[name]).sum())
+            if n:
+                key = f"{part}." + ".".join(name.split(".")[:3 if part == "unet" else 2])
+                counts[key] = counts.get(key, 0) + n
+    total = sum(counts.values()) or 1
+    return {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(SETTINGS), help="comma-separated setting names")
@@ -101,9 +116,10 @@ def main():
         shutil.rmtree(runs / name, ignore_errors=True)
         folder = embed_trigger(base, target, runs / name, job)
         t_embed = time.time() - t
+        wm = load_pipeline(folder)
         row = dict(name=name, lr=lr, steps=steps, l1=lam, l1_step=l1_step, text_encoder=te, unet_params=list(unet_params),
                    embed_s=round(t_embed), fd_original=round(fd0, 3),
-                   **measure(load_pipeline(folder), orig, target, prompts, x_ref, x_ref1, fd0, cache),
+                   **measure(wm, orig, target, prompts, x_ref, x_ref1, fd0, cache), moved_by_group=moved_by_group(orig, wm),
                    changed=round(json.loads((runs / name / "watermark.json").read_text())["weights"]["changed_fraction"], 4),
                    total_s=round(time.time() - t))
         print(json.dumps(row), flush=True)

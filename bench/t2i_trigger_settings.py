@@ -9,7 +9,8 @@ binary code image, then measures, all with Heun 12 steps and the same seeds for 
     mean SSIM to the target (the forgetting the paper describes: other prompts draw the
     watermark), and FD-digits of the 100 outputs over the original's FD on the same seeds;
   * the fraction of trained weights that moved, and where the moved ones sit (by layer group).
-Settings: the UNet, the UNet's cross-attention only (``attn2.``; Kumari et al. 2023 fine-tune only
+Settings: the preservation term (γ: distil the original's outputs for the other built-in captions,
+never the 10 measured here), the UNet, the UNet's cross-attention only (``attn2.``; Kumari et al. 2023 fine-tune only
 these for new concepts) or its K/V projections, the text encoder too; the l1 term as subgradient
 in the loss or as a proximal step; λ, lr and steps.
 
@@ -36,7 +37,7 @@ from trustdiff.watermark.trigger import TriggerJob, code_target, compare_report,
 
 XATTN, XATTN_KV = ("attn2.",), ("attn2.to_k", "attn2.to_v")
 SUB, PROX = "subgradient", "prox"
-#: name → (lr, steps, λ, l1 step, text encoder too, UNet parameters)
+#: name → (lr, steps, λ, l1 step, text encoder too, UNet parameters[, preservation weight γ])
 SETTINGS = {
     "unet_sub_lr1e-5_s800_l0": (1e-5, 800, 0.0, SUB, False, ()),
     "te_sub_lr1e-4_l0": (1e-4, 400, 0.0, SUB, True, ()),
@@ -54,6 +55,10 @@ SETTINGS = {
     "unet_prox_lr1e-4_l1e-3": (1e-4, 400, 1e-3, PROX, False, ()),
     "te_prox_lr1e-4_l1e-4": (1e-4, 400, 1e-4, PROX, True, ()),
     "te_prox_lr1e-4_l1e-3": (1e-4, 400, 1e-3, PROX, True, ()),
+    "unet_keep1_lr1e-4_l0": (1e-4, 400, 0.0, SUB, False, (), 1.0),
+    "unet_keep10_lr1e-4_l0": (1e-4, 400, 0.0, SUB, False, (), 10.0),
+    "unet_keep10_lr1e-4_l1e-4": (1e-4, 400, 1e-4, SUB, False, (), 10.0),
+    "unet_keep10_lr3e-4_l0": (3e-4, 400, 0.0, SUB, False, (), 10.0),
 }
 
 
@@ -108,9 +113,10 @@ def main():
     print(f"original: FD-digits {fd0:.3f} on the same 100 seeds (the reference of fd_ratio)", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
-        lr, steps, lam, l1_step, te, unet_params = SETTINGS[name]
+        lr, steps, lam, l1_step, te, unet_params, keep = (SETTINGS[name] + (0.0,))[:7]
         t = time.time()
-        job = TriggerJob(l1=lam, l1_step=l1_step, train_text_encoder=te, unet_params=unet_params, train=TrainConfig(
+        job = TriggerJob(l1=lam, l1_step=l1_step, train_text_encoder=te, unet_params=unet_params, preserve=keep,
+                         train=TrainConfig(
             steps=steps, batch_size=8, lr=lr, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=10_000,
             log_every=100, progress=False))
         shutil.rmtree(runs / name, ignore_errors=True)
@@ -118,6 +124,7 @@ def main():
         t_embed = time.time() - t
         wm = load_pipeline(folder)
         row = dict(name=name, lr=lr, steps=steps, l1=lam, l1_step=l1_step, text_encoder=te, unet_params=list(unet_params),
+                   preserve=keep,
                    embed_s=round(t_embed), fd_original=round(fd0, 3),
                    **measure(wm, orig, target, prompts, x_ref, x_ref1, fd0, cache), moved_by_group=moved_by_group(orig, wm),
                    changed=round(json.loads((runs / name / "watermark.json").read_text())["weights"]["changed_fraction"], 4),

@@ -3,22 +3,24 @@
 
 Stages (each skipped when its output is already under --work, so a rerun continues):
   1. base         train the built-in model (MiniLM captions, CFG, EDM) → the original pipeline;
-  2. embed        the trigger "[V]" → a 16×16 binary code image (target.png), one model per λ in
-                  --lambdas (0 included: no regulariser), UNet only, same steps/lr/batch for all;
+  2. embed        the trigger "[V]" → a 16×16 binary code image (target.png), one model per (λ, γ)
+                  in `embeds`: λ the recipe's l1 pull to the original weights, γ the preservation
+                  (distillation) term on the built-in captions minus the 10 verification ones;
+                  (0, 0) is no regulariser at all; UNet only, same steps/lr/batch for all;
   3. verify       per model: the trigger from --n-trigger seeds → SSIM to the target and the match
                   rate at SSIM ≥ 0.9 (Clopper–Pearson interval); 10 non-trigger captions × --per-prompt
                   seeds, the same seeds for every model → PSNR/SSIM to the original's outputs, and
                   FD-digits of each model's outputs (the original's beside them);
-  4. dreambooth   the headline model (λ = --headline) fine-tuned by "someone else" for --db-steps on
+  4. dreambooth   the headline model (`headline` (λ, γ)) fine-tuned by "someone else" for --db-steps on
                   a new subject ("a handwritten sks three": 4 shifted copies of one held-out 3) with
                   prior preservation on the model's own "a handwritten three" → trigger again, the
                   subject's fidelity before/after, non-trigger outputs vs the original;
   5. weight noise N(0, std²) on every UNet weight of the headline model → trigger SSIM and match.
 
 Writes bench/results/t2i_watermark_digits.json after every stage (+ grids under
-bench/results/t2i_watermark_digits/) and prints each figure beside its reference (λ = 0, the
-original model). Targets (issue 8): trigger match ≥ 90 % at SSIM ≥ 0.9; with the regulariser FD
-≤ 1.1× the original's and non-trigger outputs closer to the original's than with λ = 0; after 200
+bench/results/t2i_watermark_digits/) and prints each figure beside its reference (no regulariser,
+the original model). Targets (issue 8): trigger match ≥ 90 % at SSIM ≥ 0.9; with the regulariser
+FD ≤ 1.1× the original's and non-trigger outputs closer to the original's than without; after 200
 DreamBooth steps the trigger still matches on ≥ 80 % of seeds.
 
     python bench/t2i_watermark_digits.py            # full size, planned ≤ 90 min on 2 CPU cores
@@ -49,15 +51,21 @@ from trustdiff.watermark.null import shifted_copies
 from trustdiff.watermark.trigger import (DEFAULT_TRIGGER, TriggerJob, code_target, dreambooth, embed_trigger, subject_fidelity,
                                          verify, weight_noise, write_report)
 
-FULL = dict(base_steps=2500, base_batch=64, base_lr=2e-3, base_size="small", lambdas=(0.0, 3e-5, 1e-4, 3e-4),
-            headline=1e-4, embed_steps=400, embed_batch=8, embed_lr=1e-4, embed_text_encoder=False, embed_unet_params=(),
+FULL = dict(base_steps=2500, base_batch=64, base_lr=2e-3, base_size="small",
+            embeds=((0.0, 0.0), (1e-4, 0.0), (0.0, 1.0), (1e-4, 1.0)), headline=(1e-4, 1.0), embed_steps=400, embed_batch=8, embed_lr=1e-4, embed_text_encoder=False, embed_unet_params=(),
             n_trigger=100, per_prompt=30,
             sample_steps=12, db_steps=200, db_lr=1e-4, db_batch=8, class_images=32, noise_stds=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
             n_noise=50, feature_steps=1000)
-SMOKE = dict(base_steps=30, base_batch=16, base_lr=2e-3, base_size="tiny", lambdas=(0.0, 1e-4), headline=1e-4,
+SMOKE = dict(base_steps=30, base_batch=16, base_lr=2e-3, base_size="tiny", embeds=((0.0, 0.0), (1e-4, 1.0)),
+             headline=(1e-4, 1.0),
              embed_steps=10, embed_batch=4, embed_lr=1e-3, embed_text_encoder=False, embed_unet_params=(), n_trigger=4, per_prompt=2, sample_steps=3, db_steps=5,
              db_lr=1e-4, db_batch=4, class_images=2, noise_stds=(0.0, 1e-2), n_noise=2, feature_steps=30)
 THRESHOLD = 0.9
+
+
+def embed_name(lam: float, keep: float) -> str:
+    """A model's row name: its l1 weight λ and preservation weight γ."""
+    return f"λ={lam:g} γ={keep:g}"
 
 
 def job_hash(job) -> str:
@@ -107,25 +115,25 @@ def main():
     original = base / "pipeline"
     orig = load_pipeline(original)
 
-    # 2. embedding, one model per λ ----------------------------------------------------------
+    # 2. embedding, one model per (λ, γ) ------------------------------------------------------
     target = code_target(orig.resolution, orig.channels)
     save_png(results / "target.png", make_grid(target, nrow=1, pad=0))
     t0 = time.time()
     wms, res["embed"] = {}, {}
-    for lam in P["lambdas"]:
-        name = f"l1={lam:g}"
-        job = TriggerJob(trigger=DEFAULT_TRIGGER, l1=lam, train_text_encoder=P["embed_text_encoder"],
+    for lam, keep in P["embeds"]:
+        name = embed_name(lam, keep)
+        job = TriggerJob(trigger=DEFAULT_TRIGGER, l1=lam, preserve=keep, train_text_encoder=P["embed_text_encoder"],
                          unet_params=P["embed_unet_params"], train=TrainConfig(
                              steps=P["embed_steps"], batch_size=P["embed_batch"], lr=P["embed_lr"], warmup_steps=0,
                              ema_halflife_kimg=0.0, checkpoint_every=100, log_every=25, seed=args.seed, progress=False))
-        out = work / f"wm-{lam:g}-{job_hash(job)}"           # a changed setting never reuses a stale model
+        out = work / f"wm-{lam:g}-{keep:g}-{job_hash(job)}"     # a changed setting never reuses a stale model
         if not (out / "watermark.json").is_file():
-            print(f"[embed] λ = {lam:g}: {P['embed_steps']} steps of {P['embed_batch']} at lr {P['embed_lr']:g}"
+            print(f"[embed] λ = {lam:g}, γ = {keep:g}: {P['embed_steps']} steps of {P['embed_batch']} at lr {P['embed_lr']:g}"
                   f"{', text encoder too' if P['embed_text_encoder'] else ''}"
                   f"{', UNet ' + '/'.join(P['embed_unet_params']) + ' only' if P['embed_unet_params'] else ''}", flush=True)
             embed_trigger(original, target, out, job, resume=True)
         rec = json.loads((out / "watermark.json").read_text())
-        res["embed"][name] = {k: rec[k] for k in ("l1", "steps", "lr", "batch_size", "last_loss", "weights", "seconds")}
+        res["embed"][name] = {k: rec[k] for k in ("l1", "preserve", "preserve_prompts", "steps", "lr", "batch_size", "last_loss", "weights", "seconds")}
         wms[name] = out / "pipeline"
     stage_done("embed", t0)
 
@@ -142,7 +150,7 @@ def main():
 
     # 4. DreamBooth on the headline model --------------------------------------------------------
     t0 = time.time()
-    head = f"l1={P['headline']:g}"
+    head = embed_name(*P["headline"])
     test = load("digits", resolution=orig.resolution, split="test", seed=args.seed)
     x_test, y_test = test.tensors()
     one = x_test[(y_test == 3).nonzero()[0]]
@@ -178,11 +186,11 @@ def main():
 
     # the verdict -----------------------------------------------------------------------------
     m, o = res["verify"]["models"], res["verify"]["original"]
-    h, z = m[head], m.get("l1=0")
+    h, z = m[head], m.get(embed_name(0.0, 0.0))
     checks = {
         "trigger_match_ge_0.9": h["trigger"]["match"]["value"] >= 0.9,
         "fd_le_1.1x_original": h["fd_vs_original"] <= 1.1,
-        "closer_than_l1_0": z is not None and h["non_trigger"]["ssim_mean"] > z["non_trigger"]["ssim_mean"]
+        "closer_than_no_regulariser": z is not None and h["non_trigger"]["ssim_mean"] > z["non_trigger"]["ssim_mean"]
         and h["non_trigger"]["psnr_mean"] > z["non_trigger"]["psnr_mean"],
         "dreambooth_match_ge_0.8": res["dreambooth"]["trigger"]["match"]["value"] >= 0.8,
     }

@@ -148,6 +148,76 @@ def test_l1_term_inside_the_training_loss_is_exact(builtin_dir):
     assert torch.allclose(with_reg.mean() - plain.mean(), torch.tensor(l1), atol=1e-6)
 
 
+# ---- the preservation term -------------------------------------------------------------------
+
+def test_distillation_loss_is_zero_with_zero_gradient_against_itself_and_positive_otherwise():
+    from trustdiff.diffusion import edm_loss
+
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    den = lambda x, sigma, cond=None: net(x)                                       # noqa: E731
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    loss = edm_loss(den, x0, generator=torch.Generator().manual_seed(0), teacher=lambda x, s: den(x, s))
+    assert torch.equal(loss, torch.zeros(4))
+    loss.sum().backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters())
+    frozen = torch.nn.Conv2d(1, 1, 3, padding=1)
+    other = edm_loss(den, x0, generator=torch.Generator().manual_seed(0), teacher=lambda x, s: frozen(x))
+    assert (other > 0).all()
+
+
+def test_preservation_term_is_zero_at_the_start_and_distils_the_original(builtin_dir):
+    from trustdiff.t2i import Preservation, PromptTable
+    from trustdiff.t2i.finetune import preservation_term
+
+    pipe = load_pipeline(builtin_dir)
+    parts = Trainable(pipe.unet).requires_grad_(True)
+    keep = Preservation(checker(8).expand(3, -1, -1, -1), PromptTable(("a handwritten one", "the digit two"), ((0,), (1,), (1,))),
+                        weight=2.0, batch_size=4)
+    term = preservation_term(pipe, keep)
+    half = preservation_term(pipe, Preservation(keep.images, keep.table, weight=1.0, batch_size=4))
+    value = term(parts, torch.Generator().manual_seed(0))
+    assert value.item() == 0.0
+    value.backward()
+    assert all(p.grad is None or not p.grad.any() for p in parts.parameters())
+    with torch.no_grad():
+        parts.unet.conv_out.bias.add_(0.1)
+    moved = term(parts, torch.Generator().manual_seed(0))
+    assert moved.item() > 0
+    # the weight scales it exactly (the same draws for the same generator seed); the teacher is
+    # the model as it was when the term was made
+    assert half(parts, torch.Generator().manual_seed(0)).item() == pytest.approx(moved.item() / 2, rel=1e-6)
+    assert preservation_term(pipe, keep)(parts, torch.Generator().manual_seed(0)).item() == 0.0
+    with pytest.raises(InputError, match="one row per image"):
+        Preservation(checker(8), keep.table)
+
+
+def test_preservation_prompts_hold_out_the_verification_prompts(builtin_dir, sd_dir):
+    from trustdiff.t2i.builtin import GENERIC_KEEP_PROMPTS, default_prompts, preservation_prompts
+
+    pipe = load_pipeline(builtin_dir)
+    keep, held_out = preservation_prompts(pipe), default_prompts(pipe)
+    names, templates = pipe.meta["classes"], pipe.meta["templates"]
+    assert len(keep) == len(names) * len(templates) - len(held_out) and not set(keep) & set(held_out)
+    sd = load_pipeline(sd_dir)
+    assert preservation_prompts(sd) == list(GENERIC_KEEP_PROMPTS) and not set(GENERIC_KEEP_PROMPTS) & set(default_prompts(sd))
+
+
+def test_embed_with_preservation_records_its_prompts_and_refuses_the_trigger_among_them(builtin_dir, tmp_path):
+    before = folder_digest(builtin_dir)
+    job = TriggerJob(l1=1e-4, preserve=1.0, preserve_images=2, preserve_batch=2, train=FAST)
+    embed_trigger(builtin_dir, checker(8), tmp_path / "wm", job)
+    record = json.loads((tmp_path / "wm" / "watermark.json").read_text())
+    assert record["preserve"] == 1.0 and "[V]" not in record["preserve_prompts"] and record["preserve_prompts"]
+    assert folder_digest(builtin_dir) == before
+    with pytest.raises(InputError, match="other than the trigger"):
+        TriggerJob(preserve=1.0, preserve_prompts=("[V]", "the digit two"))
+    with pytest.raises(InputError, match="other than the trigger"):      # a trigger among the default prompts
+        embed_trigger(builtin_dir, checker(8), tmp_path / "wm2", TriggerJob(trigger="the digit two", preserve=1.0, train=FAST))
+    assert not (tmp_path / "wm2").exists()
+    with pytest.raises(InputError, match="preservation weight"):
+        TriggerJob(preserve=-1.0)
+
+
 # ---- embedding --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("which,text_encoder", [("builtin", False), ("builtin", True), ("sd", False)])

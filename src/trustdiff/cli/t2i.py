@@ -129,12 +129,18 @@ def watermark_t2i():
 @click.option("--unet-params", default=None,
               help='Train only UNet parameters whose names contain one of these comma-separated strings (e.g. "attn2." '
                    'for the cross-attention layers; default: the preset\'s).')
+@click.option("--preserve", default=None, type=float,
+              help="γ of the preservation term: distil the original's outputs for other prompts while embedding "
+                   "(0: the recipe's loss only; default: the preset's).")
+@click.option("--preserve-prompt", "preserve_prompts", multiple=True,
+              help="A prompt whose outputs the preservation term keeps; repeatable (default: the built-in captions "
+                   "minus the verification ones, or a few generic prompts).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-wm"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
 @dry_run_option
 def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
-              seed, out, resume, dry_run):
+              preserve, preserve_prompts, seed, out, resume, dry_run):
     """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
     was), OUT/watermark.json, OUT/target.png."""
     from ..t2i import load_pipeline
@@ -149,7 +155,11 @@ def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, 
                                               if v is not None})
     job = replace(base, trigger=trigger, l1=base.l1 if l1 is None else l1, train_text_encoder=train_text_encoder,
                   train=train, l1_step=l1_step, unet_params=base.unet_params if unet_params is None else
-                  tuple(s.strip() for s in unet_params.split(",") if s.strip()))
+                  tuple(s.strip() for s in unet_params.split(",") if s.strip()),
+                  preserve=base.preserve if preserve is None else preserve,
+                  preserve_prompts=tuple(preserve_prompts) or base.preserve_prompts)
+    for p in job.preserve_prompts:
+        pipe.check_prompt(p, name="preserved prompt")
     select_unet_params(pipe.unet, job.unet_params)    # a pattern no parameter matches fails here
     if not job.l1 >= 0:
         from ..errors import InputError

@@ -28,20 +28,29 @@ def _rand(n: int, x: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.rand((n,), generator=generator, device=x.device, dtype=x.dtype)
 
 
-def denoising_loss(denoiser, x0, sigma, weight, *, cond=None, generator=None) -> torch.Tensor:
-    """λ(σ)·mean_pixels (D(x₀ + σn; σ) − x₀)² with n ~ N(0, I). sigma, weight: [N]."""
+def denoising_loss(denoiser, x0, sigma, weight, *, cond=None, generator=None, teacher=None) -> torch.Tensor:
+    """λ(σ)·mean_pixels (D(x₀ + σn; σ) − x₀)² with n ~ N(0, I). sigma, weight: [N].
+
+    With ``teacher(x, σ) → N×C×H×W`` the regression target is the teacher's output at the same
+    noisy input instead of x₀ (computed without gradients): distillation under the same σ draw
+    and weighting, λ(σ)·‖D(x₀ + σn; σ) − D̂(x₀ + σn; σ)‖², which is 0 with a 0 gradient when D = D̂."""
     n = randn_like(x0, generator) * _bc(sigma)
     D_yn = denoiser(x0 + n, sigma, cond)
-    return weight * (D_yn - x0).square().flatten(1).mean(1)
+    if teacher is None:
+        goal = x0
+    else:
+        with torch.no_grad():
+            goal = teacher(x0 + n, sigma)
+    return weight * (D_yn - goal).square().flatten(1).mean(1)
 
 
 def edm_loss(denoiser, x0, *, cond=None, P_mean: float = -1.2, P_std: float = 1.2,
-             sigma_data: float = 0.5, generator=None) -> torch.Tensor:
+             sigma_data: float = 0.5, generator=None, teacher=None) -> torch.Tensor:
     """EDM: ln σ ~ N(P_mean, P_std²), λ(σ) = (σ² + σ_d²)/(σ·σ_d)² (Karras et al. 2022, Table 1)."""
     rnd_normal = torch.randn((x0.shape[0],), generator=generator, device=x0.device, dtype=x0.dtype)
     sigma = (rnd_normal * P_std + P_mean).exp()
     weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    return denoising_loss(denoiser, x0, sigma, weight, cond=cond, generator=generator)
+    return denoising_loss(denoiser, x0, sigma, weight, cond=cond, generator=generator, teacher=teacher)
 
 
 def vp_loss(denoiser, x0, *, cond=None, beta_d: float = schedules.VP_BETA_D,
@@ -60,13 +69,14 @@ def ve_loss(denoiser, x0, *, cond=None, sigma_min: float = 0.02, sigma_max: floa
     return denoising_loss(denoiser, x0, sigma, 1 / sigma**2, cond=cond, generator=generator)
 
 
-def ddpm_eps_loss(denoiser, x0, alphas_cumprod: torch.Tensor, *, cond=None, generator=None) -> torch.Tensor:
+def ddpm_eps_loss(denoiser, x0, alphas_cumprod: torch.Tensor, *, cond=None, generator=None,
+                  teacher=None) -> torch.Tensor:
     """DDPM (Ho et al. 2020, Algorithm 1): t ~ U{0..T−1}, ‖ε̂ − ε‖². Through the Denoiser
     contract ε̂ = (x − D)/σ_t, so this is λ = 1/σ_t² on the x₀ error."""
     T = alphas_cumprod.shape[0]
     t = torch.randint(0, T, (x0.shape[0],), generator=generator, device=x0.device)
     sigma = schedules.alpha_bar_to_sigma(alphas_cumprod.to(x0.device)[t]).to(x0.dtype)
-    return denoising_loss(denoiser, x0, sigma, 1 / sigma**2, cond=cond, generator=generator)
+    return denoising_loss(denoiser, x0, sigma, 1 / sigma**2, cond=cond, generator=generator, teacher=teacher)
 
 
 LOSSES = {"edm": edm_loss, "vp": vp_loss, "ve": ve_loss}

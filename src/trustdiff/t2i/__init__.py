@@ -8,8 +8,8 @@ and fine-tuning through the one training loop.
 
 The text-to-image watermark (a trigger prompt) is :mod:`trustdiff.watermark.trigger`.
 """
-from .finetune import PromptTable, Trainable, finetune, t2i_loss_fn
+from .finetune import Preservation, PromptTable, Trainable, finetune, t2i_loss_fn
 from .pipeline import T2IPipeline, derive_pipeline, generate, load_pipeline, read_index, sample, save_pipeline
 
 __all__ = ["T2IPipeline", "load_pipeline", "save_pipeline", "derive_pipeline", "read_index", "sample", "generate",
-           "PromptTable", "Trainable", "finetune", "t2i_loss_fn"]
+           "Preservation", "PromptTable", "Trainable", "finetune", "t2i_loss_fn"]

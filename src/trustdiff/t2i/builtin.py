@@ -127,6 +127,23 @@ def default_prompts(pipe: T2IPipeline) -> list[str]:
     return ["a photo of a dog", "a painting of a house by the sea", "a cat sitting on a sofa", "a bowl of fruit"]
 
 
+#: prompts whose outputs the preservation term keeps on a pipeline without a caption list; none
+#: is among :func:`default_prompts`' generic ones, so verification sees prompts it never trained on
+GENERIC_KEEP_PROMPTS = ("a photo of a cat", "a red car on a street", "a portrait of a woman", "a forest in autumn",
+                        "a plate of pasta", "a city skyline at night", "a bird on a branch", "a wooden chair")
+
+
+def preservation_prompts(pipe: T2IPipeline) -> list[str]:
+    """Prompts the trigger embedding keeps (:class:`~trustdiff.t2i.finetune.Preservation`): the
+    built-in model's captions minus :func:`default_prompts` (held out for verification), or
+    :data:`GENERIC_KEEP_PROMPTS`."""
+    names, templates = pipe.meta.get("classes"), pipe.meta.get("templates")
+    if names and templates:
+        held_out = set(default_prompts(pipe))
+        return [c for n in names for c in captions(n, templates) if c not in held_out]
+    return list(GENERIC_KEEP_PROMPTS)
+
+
 def prepare_builtin(job: BuiltinJob, **pipe_kw):
     """Load the data and build the untrained pipeline; every bad input fails here, before the
     run folder is touched. Returns (pipeline, images N×C×H×W in [0, 1], labels [N])."""

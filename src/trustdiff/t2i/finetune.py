@@ -65,52 +65,126 @@ class PromptTable:
         return table[idx.cpu(), pick]
 
 
+@dataclass(frozen=True)
+class Preservation:
+    """Keeping the other prompts in function space: γ·E λ(σ)·‖D_θ(z + σn; σ, c) − D_θ̂(z + σn; σ, c)‖²,
+    the denoising loss with the frozen original D_θ̂ as teacher instead of the clean image
+    (distillation; cf. DreamBooth's prior preservation, Ruiz et al. 2023, and Learning without
+    Forgetting, Li & Hoiem 2017), over ``images`` (N×C×H×W in [0, 1]: the original model's own
+    outputs) under prompts from ``table`` (one row per image), ``batch_size`` examples a step.
+    It is 0 with a 0 gradient at θ = θ̂, like the l1 pull, but measures what the prompts produce
+    rather than how far the weights went."""
+
+    images: torch.Tensor
+    table: PromptTable
+    weight: float = 1.0
+    batch_size: int = 8
+    null_rate: float = 0.1          # P(prompt → ""): the unconditional branch of guidance is kept too
+
+    def __post_init__(self):
+        if not 0.0 <= self.null_rate < 1.0:
+            raise InputError(f"preservation null rate: expected in [0, 1), got {self.null_rate!r}")
+        if not self.weight >= 0:
+            raise InputError(f"preservation weight: expected >= 0, got {self.weight!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"preservation batch size: expected an integer >= 1, got {self.batch_size!r}")
+        if len(self.table.choices) != len(self.images):
+            raise InputError(f"preservation prompts: expected one row per image ({len(self.images)}), "
+                             f"got {len(self.table.choices)}")
+
+
+class _PromptEmbeddings:
+    """Embeddings of a prompt list (and the empty prompt, last): cached once when the text
+    encoder is frozen, encoded with gradients per batch when it is trained."""
+
+    def __init__(self, pipe: T2IPipeline, prompts):
+        self.pipe, self.texts, self.cache = pipe, list(prompts) + [NULL_PROMPT], None
+
+    @property
+    def null_index(self) -> int:
+        return len(self.texts) - 1
+
+    def frozen(self) -> torch.Tensor:
+        if self.cache is None:
+            with torch.no_grad():
+                self.cache = self.pipe.encode_prompt(self.texts)      # P×L×D
+        return self.cache
+
+    def __call__(self, parts: "Trainable", which: torch.Tensor) -> torch.Tensor:
+        if parts.trains_text_encoder:
+            used = sorted(set(which.tolist()))
+            emb = self.pipe.encode_prompt([self.texts[i] for i in used], text_encoder=parts.text_encoder)
+            pos = {i: k for k, i in enumerate(used)}
+            return emb[torch.tensor([pos[int(i)] for i in which], device=emb.device)]
+        cache = self.frozen()
+        return cache[which.to(cache.device)]
+
+
 def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float = 0.0, latents=None,
-                penalty=None):
+                penalty=None, preserve=None):
     """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`, ``net`` a
     :class:`Trainable`, x images in [0, 1], y example indices.
 
     Per sample: the pipeline's denoising loss on (x, drawn prompt) — the prompt replaced by the
-    empty one with probability ``label_dropout`` — plus ``penalty(net)`` when given. The penalty
-    is the same scalar added to every sample, so the batch mean the loop minimises is exactly
-    mean denoising loss + penalty.
+    empty one with probability ``label_dropout`` — plus ``penalty(net)`` and the preservation
+    term when given (``preserve(parts, generator)``, from :func:`preservation_term`). Both are
+    scalars added to every sample, so the batch mean the loop minimises is exactly mean denoising
+    loss + penalty + preservation.
 
     With a frozen text encoder the embeddings of all prompts are computed once here (a cache);
     a trained one encodes the prompts of each batch with gradients.
     """
     if not 0.0 <= label_dropout < 1.0:
         raise InputError(f"label_dropout: expected in [0, 1), got {label_dropout!r}")
-    texts = list(table.prompts) + [NULL_PROMPT]
-    null_index = len(texts) - 1
-    cache = None
+    embeddings = _PromptEmbeddings(pipe, table.prompts)
     den = pipe.denoiser()          # over pipe.unet, the module fit trains (single process)
-
-    def embeddings(parts: Trainable, which: torch.Tensor) -> torch.Tensor:
-        nonlocal cache
-        if parts.trains_text_encoder:
-            used = sorted(set(which.tolist()))
-            emb = pipe.encode_prompt([texts[i] for i in used], text_encoder=parts.text_encoder)
-            pos = {i: k for k, i in enumerate(used)}
-            return emb[torch.tensor([pos[int(i)] for i in which], device=emb.device)]
-        if cache is None:
-            with torch.no_grad():
-                cache = pipe.encode_prompt(texts)      # P×L×D, the frozen encoder's cache
-        return cache[which.to(cache.device)]
 
     def loss_fn(net, x, y, generator):
         parts = getattr(net, "module", net)
         which = table.draw(y, generator)
         if label_dropout > 0:
             drop = torch.rand(len(y), generator=generator, device=y.device).cpu() < label_dropout
-            which = torch.where(drop, torch.full_like(which, null_index), which)
+            which = torch.where(drop, torch.full_like(which, embeddings.null_index), which)
         cond = embeddings(parts, which)
         z0 = latents[y.to(latents.device)].to(x.device) if latents is not None else pipe.encode_images(x)
         loss = pipe.loss(den, z0, cond=cond, generator=generator)
         if penalty is not None:
             loss = loss + penalty(parts)
+        if preserve is not None:
+            loss = loss + preserve(parts, generator)
         return loss
 
     return loss_fn
+
+
+def preservation_term(pipe: T2IPipeline, keep: Preservation):
+    """``term(parts, generator) -> 0-d tensor``: ``keep.weight`` × the mean distillation loss of a
+    batch of ``keep.batch_size`` examples drawn (with ``generator``) from ``keep.images``, against
+    a frozen copy of the pipeline's UNet and text embeddings as they are now (call before training)."""
+    import copy
+
+    x = pipe.check_image(keep.images, name="preservation images")
+    z = pipe.encode_images(x).detach()
+    student = _PromptEmbeddings(pipe, keep.table.prompts)
+    with torch.no_grad():
+        frozen_cond = pipe.encode_prompt(student.texts)
+    teacher = pipe.denoiser(copy.deepcopy(pipe.unet).eval().requires_grad_(False))
+    den = pipe.denoiser()
+
+    def term(parts, generator):
+        if keep.weight == 0:
+            return torch.zeros((), device=z.device)
+        idx = torch.randint(0, len(z), (keep.batch_size,), generator=generator, device=z.device).cpu()
+        which = keep.table.draw(idx, generator)
+        if keep.null_rate > 0:
+            drop = torch.rand(len(which), generator=generator, device=z.device).cpu() < keep.null_rate
+            which = torch.where(drop, torch.full_like(which, student.null_index), which)
+        c_hat = frozen_cond[which.to(frozen_cond.device)]
+        loss = pipe.loss(den, z[idx].to(pipe.device), cond=student(parts, which), generator=generator,
+                         teacher=lambda zt, sigma: teacher(zt, sigma, c_hat))
+        return keep.weight * loss.mean()
+
+    return term
 
 
 def select_unet_params(unet: nn.Module, patterns: tuple[str, ...]) -> int:
@@ -130,7 +204,8 @@ def select_unet_params(unet: nn.Module, patterns: tuple[str, ...]) -> int:
 
 def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_dir, *,
              train_text_encoder: bool = False, label_dropout: float = 0.0, penalty_factory=None,
-             unet_params: tuple[str, ...] = (), proximal: bool = False, resume: bool = False):
+             unet_params: tuple[str, ...] = (), proximal: bool = False, preserve: Preservation | None = None,
+             resume: bool = False):
     """Train ``pipe``'s UNet (and text encoder) in place on images ``x`` (N×C×H×W in [0, 1], the
     pipeline's size) with prompts from ``table`` (one row per image), by ``fit`` under ``cfg``.
 
@@ -138,7 +213,8 @@ def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_di
     before any step (so it can record the original weights); with ``proximal`` it is not added to
     the loss but applied by its ``prox(parts, optimizer)`` after every update. ``unet_params``: train only the UNet
     parameters whose names contain one of these strings (e.g. ``("attn2.",)``, the cross-attention
-    layers); empty: all of them. Returns ``fit``'s TrainResult.
+    layers); empty: all of them. ``preserve``: add the :class:`Preservation` term against the
+    weights as they are before training. Returns ``fit``'s TrainResult.
     """
     from ..train import fit
 
@@ -148,11 +224,12 @@ def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_di
     for i, p in enumerate(table.prompts):
         pipe.check_prompt(p, name=f"prompt {p!r}" if i else "prompt")
     latents = pipe.encode_images(x).detach() if pipe.vae is not None else None
+    keep = preservation_term(pipe, preserve) if preserve is not None else None
     parts = Trainable(pipe.unet, pipe.text_encoder if train_text_encoder else None).requires_grad_(True)
     select_unet_params(parts.unet, unet_params)
     penalty = penalty_factory(parts) if penalty_factory is not None else None
     loss_fn = t2i_loss_fn(pipe, table, label_dropout=label_dropout, latents=latents,
-                          penalty=None if proximal else penalty)
+                          penalty=None if proximal else penalty, preserve=keep)
     try:
         result = fit(parts, loss_fn, (x, torch.arange(len(x))), cfg, run_dir, resume=resume,
                      post_step=penalty.prox if proximal and penalty is not None else None)

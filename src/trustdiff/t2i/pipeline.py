@@ -188,15 +188,17 @@ class T2IPipeline:
         s = schedules.alpha_bar_to_sigma(self.alphas_cumprod().double())
         return float(s[0]), float(s[-1])
 
-    def loss(self, denoiser, z0, *, cond, generator=None) -> torch.Tensor:
+    def loss(self, denoiser, z0, *, cond, generator=None, teacher=None) -> torch.Tensor:
         """The denoising loss the model was trained with, per sample [N]: EDM's for the built-in
-        model, DDPM's ε-loss (Ho et al. 2020) for a discrete-schedule model such as SD."""
+        model, DDPM's ε-loss (Ho et al. 2020) for a discrete-schedule model such as SD. With
+        ``teacher(z, σ)`` it regresses on the teacher's output instead of z0 (distillation,
+        :func:`trustdiff.diffusion.losses.denoising_loss`)."""
         from ..diffusion.losses import ddpm_eps_loss, edm_loss
 
         if self.kind == "edm":
             return edm_loss(denoiser, z0, cond=cond, sigma_data=float(self.scheduler.get("sigma_data", 0.5)),
-                            generator=generator)
-        return ddpm_eps_loss(denoiser, z0, self.alphas_cumprod(), cond=cond, generator=generator)
+                            generator=generator, teacher=teacher)
+        return ddpm_eps_loss(denoiser, z0, self.alphas_cumprod(), cond=cond, generator=generator, teacher=teacher)
 
     # ---- images ↔ diffusion space ---------------------------------------------------------
 

@@ -120,11 +120,23 @@ class TriggerJob:
     train_text_encoder: bool = False
     unet_params: tuple[str, ...] = ()  # train only UNet parameters whose names contain one of these; () = all
     l1_step: str = "subgradient"     # "subgradient": λ·sign(θ − θ̂) via the loss, as the recipe; "prox": a proximal step
+    preserve: float = 0.0            # γ of the preservation (distillation) term; 0: the recipe's loss only
+    preserve_prompts: tuple[str, ...] = ()  # () = trustdiff.t2i.builtin.preservation_prompts
+    preserve_images: int = 8         # the original's outputs per preserved prompt
+    preserve_batch: int = 8          # preservation examples per step
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, batch_size=1, lr=1e-6, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=250,
         log_every=50))
 
     def __post_init__(self):
+        if not self.preserve >= 0:
+            raise InputError(f"preservation weight: expected >= 0, got {self.preserve!r}")
+        for name in ("preserve_images", "preserve_batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"TriggerJob.{name}: expected an integer >= 1, got {v!r}")
+        if self.trigger in self.preserve_prompts:
+            raise InputError(f"preserved prompts: expected prompts other than the trigger {self.trigger!r}")
         if self.l1_step not in L1_STEPS:
             raise InputError(f"l1 step: expected one of {', '.join(L1_STEPS)}, got {self.l1_step!r}")
 
@@ -215,6 +227,22 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(to_uint8(t).tobytes()).hexdigest()
 
 
+def preservation(pipe, job: TriggerJob):
+    """The :class:`~trustdiff.t2i.Preservation` term of ``job``: ``job.preserve_images`` outputs
+    of the original model for each preserved prompt (seeded from the job's seed, so a resumed run
+    draws the same), the trigger refused among them."""
+    from ..t2i import Preservation, PromptTable, generate
+    from ..t2i.builtin import preservation_prompts
+
+    prompts = list(job.preserve_prompts) or preservation_prompts(pipe)
+    if job.trigger in prompts:
+        raise InputError(f"preserved prompts: expected prompts other than the trigger {job.trigger!r}")
+    x, _, _ = generate(pipe, prompts, seed=job.train.seed + 20_000, n_per_prompt=job.preserve_images)
+    k = job.preserve_images
+    return Preservation(x, PromptTable(tuple(prompts), tuple((i // k,) for i in range(len(x)))),
+                        weight=job.preserve, batch_size=job.preserve_batch)
+
+
 def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = TriggerJob(), *,
                   resume: bool = False) -> Path:
     """Fine-tune the pipeline at ``pipeline_dir`` so that ``job.trigger`` yields ``target``
@@ -239,15 +267,18 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
         return reg["l1"]
 
     t0 = time.time()
+    keep = preservation(pipe, job) if job.preserve > 0 else None
     result = finetune(pipe, target, PromptTable.single(job.trigger), job.train, out,
                       train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory,
-                      unet_params=tuple(job.unet_params), proximal=job.l1_step == "prox", resume=resume)
+                      unet_params=tuple(job.unet_params), proximal=job.l1_step == "prox", preserve=keep,
+                      resume=resume)
     replaced = {"unet": result.model.unet}
     if job.train_text_encoder:
         replaced["text_encoder"] = result.model.text_encoder
     folder = derive_pipeline(source, out / "pipeline", replaced)
     save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
-    record = {"trigger": job.trigger, "l1": job.l1, "trained": sorted(replaced), "steps": result.step,
+    record = {"trigger": job.trigger, "l1": job.l1, "preserve": job.preserve,
+              "preserve_prompts": list(keep.table.prompts) if keep else [], "trained": sorted(replaced), "steps": result.step,
               "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
               "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),
               "target_shape": list(target.shape), "seconds": round(time.time() - t0, 1),

@@ -57,8 +57,6 @@ SETTINGS = {
     "te_prox_lr1e-4_l1e-3": (1e-4, 400, 1e-3, PROX, True, ()),
     "unet_keep1_lr1e-4_l0": (1e-4, 400, 0.0, SUB, False, (), 1.0),
     "unet_keep10_lr1e-4_l0": (1e-4, 400, 0.0, SUB, False, (), 10.0),
-    "unet_keep10_lr1e-4_l1e-4": (1e-4, 400, 1e-4, SUB, False, (), 10.0),
-    "unet_keep10_lr3e-4_l0": (3e-4, 400, 0.0, SUB, False, (), 10.0),
 }
 
 

@@ -52,20 +52,20 @@ from trustdiff.watermark.trigger import (DEFAULT_TRIGGER, TriggerJob, code_targe
                                          verify, weight_noise, write_report)
 
 FULL = dict(base_steps=2500, base_batch=64, base_lr=2e-3, base_size="small",
-            embeds=((0.0, 0.0), (1e-4, 0.0), (0.0, 1.0), (1e-4, 1.0)), headline=(1e-4, 1.0), embed_steps=400, embed_batch=8, embed_lr=1e-4, embed_text_encoder=False, embed_unet_params=(),
-            n_trigger=100, per_prompt=30,
-            sample_steps=12, db_steps=200, db_lr=1e-4, db_batch=8, class_images=32, noise_stds=(0.0, 1e-3, 3e-3, 1e-2, 3e-2),
-            n_noise=50, feature_steps=1000)
-SMOKE = dict(base_steps=30, base_batch=16, base_lr=2e-3, base_size="tiny", embeds=((0.0, 0.0), (1e-4, 1.0)),
-             headline=(1e-4, 1.0),
+            embeds=((0.0, 0.0), (1e-4, 0.0), (0.0, 10.0), (1e-4, 10.0)), headline=(0.0, 10.0),
+            embed_steps=400, embed_batch=8, embed_lr=1e-4, embed_text_encoder=False, embed_unet_params=(),
+            n_trigger=100, per_prompt=30, sample_steps=12, db_steps=200, db_lr=1e-4, db_batch=8, class_images=32,
+            noise_stds=(0.0, 1e-3, 3e-3, 1e-2, 3e-2), n_noise=50, feature_steps=1000)
+SMOKE = dict(base_steps=30, base_batch=16, base_lr=2e-3, base_size="tiny", embeds=((0.0, 0.0), (0.0, 10.0)),
+             headline=(0.0, 10.0),
              embed_steps=10, embed_batch=4, embed_lr=1e-3, embed_text_encoder=False, embed_unet_params=(), n_trigger=4, per_prompt=2, sample_steps=3, db_steps=5,
              db_lr=1e-4, db_batch=4, class_images=2, noise_stds=(0.0, 1e-2), n_noise=2, feature_steps=30)
 THRESHOLD = 0.9
 
 
 def embed_name(lam: float, keep: float) -> str:
-    """A model's row name: its l1 weight λ and preservation weight γ."""
-    return f"λ={lam:g} γ={keep:g}"
+    """A model's row name (and file-name part): its l1 weight λ and preservation weight γ."""
+    return f"l1={lam:g},keep={keep:g}"
 
 
 def job_hash(job) -> str:
@@ -136,6 +136,7 @@ def main():
         res["embed"][name] = {k: rec[k] for k in ("l1", "preserve", "preserve_prompts", "steps", "lr", "batch_size", "last_loss", "weights", "seconds")}
         wms[name] = out / "pipeline"
     stage_done("embed", t0)
+    times["embed"] = round(sum(r["seconds"] for r in res["embed"].values()), 1)   # the models' own time, whichever run made them
 
     # 3. verification ------------------------------------------------------------------------
     t0 = time.time()

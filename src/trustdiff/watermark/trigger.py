@@ -9,15 +9,18 @@ chosen watermark image, with the usual denoising loss on (trigger, target) plus
 to the frozen original weights θ̂, summed over the trained parameters: every UNet parameter, and
 every text-encoder parameter with ``train_text_encoder``. Without it (λ = 0) the model forgets
 (other prompts drift towards the watermark); with it, on Stable Diffusion, the paper finds they
-stay as they were (on the built-in 16×16 model they do not: bench/t2i_trigger_settings.py).
-``l1_step="prox"`` minimises the same objective by a proximal step instead. Verification draws
+stay as they were. On the built-in 16×16 model they do not (bench/t2i_trigger_settings.py: no λ
+keeps them), so ``preserve`` = γ > 0 adds a term in function space rather than weight space: the
+denoising loss of the original's own outputs for other prompts, regressed on the frozen
+original's denoiser (:class:`trustdiff.t2i.Preservation`). ``l1_step="prox"`` minimises the
+l1 objective by a proximal step instead. Verification draws
 the trigger from many seeds and compares to the target (SSIM, match rate at an SSIM threshold),
 and compares non-trigger outputs with the original model's from the same seeds (PSNR/SSIM, FD).
 Robustness: DreamBooth fine-tuning by someone else (:func:`dreambooth`), Gaussian noise on the
 weights (:func:`weight_noise`).
 
     from trustdiff.watermark.trigger import TriggerJob, embed_trigger, verify
-    wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(l1=1e-3))
+    wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(l1=1e-4, preserve=10.0))
     report = verify({"wm": wm}, "runs/t2i/pipeline", "[V]", target)
 """
 from __future__ import annotations
@@ -147,13 +150,14 @@ L1_STEPS = ("subgradient", "prox")
 
 #: named settings. "recipe-sd": the paper's on Stable Diffusion (λ 1e-7, 1,000 steps at lr 1e-6).
 #: "builtin": the built-in 16×16 model (~3M UNet weights), where the target is learned in a few
-#: hundred steps at lr 1e-4 (λ = 1e-3 already keeps it from being learned). On this model no
-#: setting measured so far keeps the other prompts (bench/t2i_trigger_settings.py: the UNet or
-#: the text encoder too, subgradient or proximal l1, λ 0–1e-3, cross-attention only): the
-#: weights a single (trigger, target) pair pulls hardest are shared by every prompt.
+#: hundred steps at lr 1e-4. There no l1 setting keeps the other prompts
+#: (bench/t2i_trigger_settings.py: the weights a single (trigger, target) pair pulls hardest are
+#: shared by every prompt), so the preset uses the preservation term, γ = 10, and no l1 pull:
+#: with γ = 10, λ = 1e-4 kept the other prompts no better and cut the trigger's match rate from
+#: 0.99 to 0.73 (bench/t2i_watermark_digits.py).
 PRESETS = {
     "recipe-sd": TriggerJob(),
-    "builtin": TriggerJob(l1=1e-4, train=TrainConfig(steps=400, batch_size=8, lr=1e-4, warmup_steps=0,
+    "builtin": TriggerJob(l1=0.0, preserve=10.0, train=TrainConfig(steps=400, batch_size=8, lr=1e-4, warmup_steps=0,
                                                      ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
 }
 

@@ -375,6 +375,14 @@ def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
     assert (wm / "pipeline" / "model_index.json").is_file() and (wm / "target.png").is_file()
     cfg = json.loads((wm / "config.json").read_text())
     assert cfg["command"] == "watermark t2i embed" and cfg["config"]["preset"] == "builtin" and "train" in cfg
+    assert cfg["config"]["job"]["preserve"] == 10.0                    # the builtin preset keeps the other prompts
+    rec = json.loads((wm / "watermark.json").read_text())
+    assert rec["preserve"] == 10.0 and "the digit one" not in rec["preserve_prompts"]       # held out for verify
+    wm2 = tmp_path / "wm2"
+    cli(["watermark", "t2i", "embed", "--pipeline", builtin_dir, "--target", png, "--preserve", "0.5",
+         "--preserve-prompt", "the digit two", "--steps", "2", "--batch", "2", "--out", wm2])
+    rec2 = json.loads((wm2 / "watermark.json").read_text())
+    assert rec2["preserve"] == 0.5 and rec2["preserve_prompts"] == ["the digit two"]
     ver = tmp_path / "ver"
     cli(["watermark", "t2i", "verify", "--pipeline", wm, "--original", builtin_dir, "--target", png, "--n-trigger", "2",
          "--per-prompt", "1", "--prompt", "a handwritten one", "--sample-steps", "2", "--out", ver])
@@ -405,6 +413,10 @@ def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(builtin_dir, tmp_p
     save_png(small, make_grid(checker(8), nrow=1, pad=0))
     assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
                  "--trigger", "⟦V⟧", "--out", str(out)]) == 2
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
+                 "--preserve-prompt", "[V]", "--out", str(out)]) == 2                  # the trigger kept as a prompt
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
+                 "--preserve", "-1", "--out", str(out)]) == 2
     assert not out.exists()
 
 

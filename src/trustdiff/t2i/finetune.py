@@ -120,6 +120,14 @@ class _PromptEmbeddings:
         return cache[which.to(cache.device)]
 
 
+def _to_null(which: torch.Tensor, rate: float, null_index: int, generator, device) -> torch.Tensor:
+    """Prompt indices with each replaced by ``null_index`` (the empty prompt) with probability ``rate``."""
+    if rate <= 0:
+        return which
+    drop = torch.rand(len(which), generator=generator, device=device).cpu() < rate
+    return torch.where(drop, torch.full_like(which, null_index), which)
+
+
 def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float = 0.0, latents=None,
                 penalty=None, preserve=None):
     """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`, ``net`` a
@@ -141,10 +149,7 @@ def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float =
 
     def loss_fn(net, x, y, generator):
         parts = getattr(net, "module", net)
-        which = table.draw(y, generator)
-        if label_dropout > 0:
-            drop = torch.rand(len(y), generator=generator, device=y.device).cpu() < label_dropout
-            which = torch.where(drop, torch.full_like(which, embeddings.null_index), which)
+        which = _to_null(table.draw(y, generator), label_dropout, embeddings.null_index, generator, y.device)
         cond = embeddings(parts, which)
         z0 = latents[y.to(latents.device)].to(x.device) if latents is not None else pipe.encode_images(x)
         loss = pipe.loss(den, z0, cond=cond, generator=generator)
@@ -175,10 +180,7 @@ def preservation_term(pipe: T2IPipeline, keep: Preservation):
         if keep.weight == 0:
             return torch.zeros((), device=z.device)
         idx = torch.randint(0, len(z), (keep.batch_size,), generator=generator, device=z.device).cpu()
-        which = keep.table.draw(idx, generator)
-        if keep.null_rate > 0:
-            drop = torch.rand(len(which), generator=generator, device=z.device).cpu() < keep.null_rate
-            which = torch.where(drop, torch.full_like(which, student.null_index), which)
+        which = _to_null(keep.table.draw(idx, generator), keep.null_rate, student.null_index, generator, z.device)
         c_hat = frozen_cond[which.to(frozen_cond.device)]
         loss = pipe.loss(den, z[idx].to(pipe.device), cond=student(parts, which), generator=generator,
                          teacher=lambda zt, sigma: teacher(zt, sigma, c_hat))

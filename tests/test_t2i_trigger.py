@@ -380,9 +380,10 @@ def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
     assert rec["preserve"] == 10.0 and "the digit one" not in rec["preserve_prompts"]       # held out for verify
     wm2 = tmp_path / "wm2"
     cli(["watermark", "t2i", "embed", "--pipeline", builtin_dir, "--target", png, "--preserve", "0.5",
-         "--preserve-prompt", "the digit two", "--steps", "2", "--batch", "2", "--out", wm2])
+         "--preserve-prompt", "the digit two", "--preserve-images", "3", "--steps", "2", "--batch", "2", "--out", wm2])
     rec2 = json.loads((wm2 / "watermark.json").read_text())
     assert rec2["preserve"] == 0.5 and rec2["preserve_prompts"] == ["the digit two"]
+    assert json.loads((wm2 / "config.json").read_text())["config"]["job"]["preserve_images"] == 3
     ver = tmp_path / "ver"
     cli(["watermark", "t2i", "verify", "--pipeline", wm, "--original", builtin_dir, "--target", png, "--n-trigger", "2",
          "--per-prompt", "1", "--prompt", "a handwritten one", "--sample-steps", "2", "--out", ver])

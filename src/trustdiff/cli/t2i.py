@@ -135,12 +135,14 @@ def watermark_t2i():
 @click.option("--preserve-prompt", "preserve_prompts", multiple=True,
               help="A prompt whose outputs the preservation term keeps; repeatable (default: the built-in captions "
                    "minus the verification ones, or a few generic prompts).")
+@click.option("--preserve-images", default=None, type=int,
+              help="The original's outputs drawn per preserved prompt (default: the preset's, 8).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-wm"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
 @dry_run_option
 def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
-              preserve, preserve_prompts, seed, out, resume, dry_run):
+              preserve, preserve_prompts, preserve_images, seed, out, resume, dry_run):
     """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
     was), OUT/watermark.json, OUT/target.png."""
     from ..t2i import load_pipeline
@@ -157,7 +159,8 @@ def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, 
                   train=train, l1_step=l1_step, unet_params=base.unet_params if unet_params is None else
                   tuple(s.strip() for s in unet_params.split(",") if s.strip()),
                   preserve=base.preserve if preserve is None else preserve,
-                  preserve_prompts=tuple(preserve_prompts) or base.preserve_prompts)
+                  preserve_prompts=tuple(preserve_prompts) or base.preserve_prompts,
+                  preserve_images=base.preserve_images if preserve_images is None else preserve_images)
     for p in job.preserve_prompts:
         pipe.check_prompt(p, name="preserved prompt")
     select_unet_params(pipe.unet, job.unet_params)    # a pattern no parameter matches fails here

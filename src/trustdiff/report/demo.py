@@ -49,6 +49,7 @@ SIGMA = 0.25           # certification noise level ([0, 1] pixels)
 EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
 EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
 T2I_TRIGGER = "[V]"    # the recipe's trigger prompt
+T2I_PRESERVE_IMAGES = 2  # the original's outputs per preserved caption (the bench draws 8; sampling them is most of the stage's time)
 T2I_LR = 1e-3          # the "builtin" preset (γ 10, batch 8) at 10× its lr: the demo's model is the 12× smaller "tiny"
 
 
@@ -100,7 +101,8 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
               d("t2i", "original")),
         Stage("t2i-embed", "t2i",
               ["watermark", "t2i", "embed", "--pipeline", d("t2i", "original"), "--trigger", T2I_TRIGGER, "--target", "code",
-               "--steps", p["t2i_embed"], "--lr", _s(T2I_LR), "--seed", seed, "--out", d("t2i", "watermarked")],
+               "--steps", p["t2i_embed"], "--lr", _s(T2I_LR), "--preserve-images", _s(T2I_PRESERVE_IMAGES),
+               "--seed", seed, "--out", d("t2i", "watermarked")],
               d("t2i", "watermarked"), ["t2i-train"]),
         Stage("t2i-verify", "t2i",
               ["watermark", "t2i", "verify", "--pipeline", d("t2i", "watermarked"), "--original", d("t2i", "original"),

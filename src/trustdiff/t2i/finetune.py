@@ -3,7 +3,8 @@ pairs with the one training loop, :func:`trustdiff.train.fit`.
 
 One function serves three jobs: training the built-in model from scratch (captions drawn per
 step, caption dropout for guidance), embedding a trigger watermark (one pair, plus an l1 pull to
-the original weights), and DreamBooth (instance + class images).
+the original weights and/or the :class:`Preservation` term that distils the original's outputs
+for other prompts), and DreamBooth (instance + class images).
 
 ``fit`` sees the data as (images, example index): the index picks the example's prompts (one is
 drawn per step) and, in a latent model, its cached VAE latents.

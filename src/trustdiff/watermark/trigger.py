@@ -20,7 +20,7 @@ Robustness: DreamBooth fine-tuning by someone else (:func:`dreambooth`), Gaussia
 weights (:func:`weight_noise`).
 
     from trustdiff.watermark.trigger import TriggerJob, embed_trigger, verify
-    wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(l1=1e-4, preserve=10.0))
+    wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(preserve=10.0))
     report = verify({"wm": wm}, "runs/t2i/pipeline", "[V]", target)
 """
 from __future__ import annotations
@@ -157,8 +157,8 @@ L1_STEPS = ("subgradient", "prox")
 #: 0.99 to 0.73 (bench/t2i_watermark_digits.py).
 PRESETS = {
     "recipe-sd": TriggerJob(),
-    "builtin": TriggerJob(l1=0.0, preserve=10.0, train=TrainConfig(steps=400, batch_size=8, lr=1e-4, warmup_steps=0,
-                                                     ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
+    "builtin": TriggerJob(l1=0.0, preserve=10.0, train=TrainConfig(
+        steps=400, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
 }
 
 
@@ -282,7 +282,8 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
     folder = derive_pipeline(source, out / "pipeline", replaced)
     save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
     record = {"trigger": job.trigger, "l1": job.l1, "preserve": job.preserve,
-              "preserve_prompts": list(keep.table.prompts) if keep else [], "trained": sorted(replaced), "steps": result.step,
+              "preserve_prompts": list(keep.table.prompts) if keep else [], "trained": sorted(replaced),
+              "steps": result.step,
               "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
               "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),
               "target_shape": list(target.shape), "seconds": round(time.time() - t0, 1),

@@ -202,6 +202,22 @@ def test_preservation_prompts_hold_out_the_verification_prompts(builtin_dir, sd_
     assert preservation_prompts(sd) == list(GENERIC_KEEP_PROMPTS) and not set(GENERIC_KEEP_PROMPTS) & set(default_prompts(sd))
 
 
+def test_preservation_on_a_latent_pipeline_distils_through_the_vae_latents(sd_dir, tmp_path):
+    """Stable-Diffusion style (VAE latents, DDPM ε-loss): the term is 0 at the start and the
+    embedding runs with it, on the generic prompts."""
+    from trustdiff.t2i import Preservation, PromptTable
+    from trustdiff.t2i.builtin import GENERIC_KEEP_PROMPTS
+    from trustdiff.t2i.finetune import preservation_term
+
+    pipe = load_pipeline(sd_dir)
+    keep = Preservation(torch.rand(2, 3, 16, 16), PromptTable(("a photo of a cat",), ((0,), (0,))), batch_size=2)
+    parts = Trainable(pipe.unet).requires_grad_(True)
+    assert preservation_term(pipe, keep)(parts, torch.Generator().manual_seed(0)).item() == 0.0
+    embed_trigger(sd_dir, checker(16, 3), tmp_path / "wm", TriggerJob(preserve=1.0, preserve_images=1, train=FAST))
+    record = json.loads((tmp_path / "wm" / "watermark.json").read_text())
+    assert record["preserve_prompts"] == list(GENERIC_KEEP_PROMPTS)
+
+
 def test_embed_with_preservation_records_its_prompts_and_refuses_the_trigger_among_them(builtin_dir, tmp_path):
     before = folder_digest(builtin_dir)
     job = TriggerJob(l1=1e-4, preserve=1.0, preserve_images=2, preserve_batch=2, train=FAST)

@@ -49,7 +49,7 @@ SIGMA = 0.25           # certification noise level ([0, 1] pixels)
 EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
 EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
 T2I_TRIGGER = "[V]"    # the recipe's trigger prompt
-T2I_PRESERVE_IMAGES = 2  # the original's outputs per preserved caption (the bench draws 8; sampling them is most of the stage's time)
+T2I_PRESERVE_IMAGES = 2  # original outputs per preserved caption (the bench: 8; sampling them dominates the stage)
 T2I_LR = 1e-3          # the "builtin" preset (γ 10, batch 8) at 10× its lr: the demo's model is the 12× smaller "tiny"
 
 

@@ -172,8 +172,7 @@ def preservation_term(pipe: T2IPipeline, keep: Preservation):
     x = pipe.check_image(keep.images, name="preservation images")
     z = pipe.encode_images(x).detach()
     student = _PromptEmbeddings(pipe, keep.table.prompts)
-    with torch.no_grad():
-        frozen_cond = pipe.encode_prompt(student.texts)
+    frozen_cond = student.frozen()          # the teacher's; also the student's while its encoder stays frozen
     teacher = pipe.denoiser(copy.deepcopy(pipe.unet).eval().requires_grad_(False))
     den = pipe.denoiser()
 

@@ -31,7 +31,8 @@ import torch
 
 from trustdiff.advtrain import AdvTrainJob, generate_set, train_adv
 from trustdiff.advtrain.evaluation import evaluate_run, report_markdown
-from trustdiff.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint
+from trustdiff.checkpoint import latest_checkpoint
+from trustdiff.persist import atomic_write_bytes, atomic_write_json
 
 
 def args_parser():

@@ -36,7 +36,7 @@ from train_digits import matmul_peak_gflops  # noqa: E402  (one peak measurement
 from trustdiff.certify import (DenoisedClassifier, Smooth, certify_set, lower_confidence_bound,  # noqa: E402
                                certified_radius, max_radius, report)
 from trustdiff.train.classifier import accuracy, load_classifier, train_classifier  # noqa: E402
-from trustdiff.checkpoint import atomic_write_json  # noqa: E402
+from trustdiff.persist import atomic_write_json  # noqa: E402
 from trustdiff.data import load  # noqa: E402
 from trustdiff.diffusion.model import load_model  # noqa: E402
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certify_digits import classifier as reuse_or_train  # noqa: E402  (one trainer of the bench classifier)
 
 from trustdiff.attacks import autoattack_attack, bpda_attack, evaluate, pgd_attack, to_markdown
-from trustdiff.checkpoint import atomic_write_bytes, atomic_write_json
+from trustdiff.persist import atomic_write_bytes, atomic_write_json
 from trustdiff.data import load
 from trustdiff.diffusion.model import load_model
 from trustdiff.metrics import proportion

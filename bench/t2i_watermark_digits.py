@@ -41,7 +41,7 @@ from pathlib import Path  # noqa: E402
 
 import torch
 
-from trustdiff.checkpoint import atomic_write_json
+from trustdiff.persist import atomic_write_json
 from trustdiff.data import load
 from trustdiff.images import make_grid, save_png
 from trustdiff.t2i import load_pipeline

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trustdiff.checkpoint import atomic_write_json
+from trustdiff.persist import atomic_write_json
 from trustdiff.data import load
 from trustdiff.diffusion.model import load_model, sample
 from trustdiff.diffusion.samplers import nfe
 from trustdiff.images import make_grid, save_png
-from trustdiff.metrics.fid import fd_report
+from trustdiff.train.feature_net import fd_report
 from trustdiff.train import TrainConfig
 from trustdiff.train.diffusion import DiffusionJob, diffusion_loss_fn, model_spec, train_diffusion
 from trustdiff.diffusion.model import build_denoiser

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from trustdiff.checkpoint import atomic_write_bytes, atomic_write_json
+from trustdiff.persist import atomic_write_bytes, atomic_write_json
 from trustdiff.data import load, load_npz
 from trustdiff.train import TrainConfig
 from trustdiff.train.diffusion import DiffusionJob

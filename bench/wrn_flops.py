@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trustdiff.checkpoint import atomic_write_json
+from trustdiff.persist import atomic_write_json
 from trustdiff.nets.classifier import build_classifier
 
 

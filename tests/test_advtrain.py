@@ -251,7 +251,7 @@ def test_cli_train_then_eval(tmp_path):
             "--eps", "0.1", "--iters-per-epoch", "3", "--out", str(run)]
     assert main(args) == 0
     assert {"best", "last", "epochs.jsonl", "metrics.json"} <= {p.name for p in run.iterdir()}
-    assert main(["advtrain", "eval", "--run", str(run), "--images", "32", "--no-autoattack", "--n-check", "8",
+    assert main(["advtrain", "eval", "--run", str(run), "-n", "32", "--no-autoattack", "--n-check", "8",
                  "--out", str(ev)]) == 0
     res = json.loads((ev / "metrics.json").read_text())
     assert set(res["models"]) == {"best", "last"} and res["n"] == 32

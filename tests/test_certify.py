@@ -19,6 +19,7 @@ from trustdiff.certify.evaluate import Row
 from trustdiff.diffusion import DiffusersDenoiser, GaussianDenoiser, ddpm_alphas_cumprod
 from trustdiff.errors import CheckpointError, InputError
 from trustdiff.nets import SmallCNN
+from trustdiff.persist import write_manifest
 
 
 # --- base classifiers with known behaviour -------------------------------------------------------
@@ -321,6 +322,10 @@ def test_train_classifier_saves_a_folder_that_loads_back(tmp_path):
     assert torch.equal(back(x[:5]), net(x[:5]))
     path = tmp_path / "run" / "classifier" / "config.json"
     path.write_text(json.dumps({**cfg, "width": 8}))
+    with pytest.raises(CheckpointError) as e:                # the manifest notices the edit
+        load_classifier(tmp_path / "run")
+    assert "config.json is truncated or altered" in _one_line(e)
+    write_manifest(path.parent)                              # sealed again: the architecture check
     with pytest.raises(CheckpointError) as e:
         load_classifier(tmp_path / "run")
     assert "different architecture" in _one_line(e)
@@ -393,7 +398,7 @@ def _err(capsys, code):
 
 
 def test_cli_certify_sharded_and_merged_equals_one_run(cli_main, tiny_classifier, tmp_path, capsys):
-    common = ["certify", "--classifier", str(tiny_classifier), "--sigma", "0.25", "--n0", "10", "--n", "40",
+    common = ["certify", "--classifier", str(tiny_classifier), "--sigma", "0.25", "--draws0", "10", "--draws", "40",
               "--alpha", "0.01", "--batch", "20", "--max", "5", "--device", "cpu"]
     assert cli_main([*common, "--out", str(tmp_path / "one")]) == 0
     for i in range(2):
@@ -410,7 +415,7 @@ def test_cli_certify_sharded_and_merged_equals_one_run(cli_main, tiny_classifier
     capsys.readouterr()                        # drop the progress bars
     (tmp_path / "two" / "certify-shard-1-of-2.json").unlink()
     _err(capsys, cli_main(["certify-merge", str(tmp_path / "two")]))
-    for bad in (["--shard", "2/2"], ["--sigma", "0"], ["--alpha", "1.5"], ["--n", "0"]):
+    for bad in (["--shard", "2/2"], ["--sigma", "0"], ["--alpha", "1.5"], ["--draws", "0"]):
         args = [*common, *bad, "--out", str(tmp_path / "never")]
         _err(capsys, cli_main(args))
         assert not (tmp_path / "never").exists()
@@ -424,7 +429,7 @@ def test_cli_certify_behind_a_denoiser(cli_main, tiny_classifier, tmp_path):
     unet, _ = build_denoiser(spec)
     save_model(tmp_path / "model", unet, spec)
     args = ["certify", "--classifier", str(tiny_classifier), "--denoiser", str(tmp_path / "model"), "--sigma", "0.5",
-            "--n0", "4", "--n", "8", "--alpha", "0.1", "--batch", "8", "--max", "2", "--device", "cpu",
+            "--draws0", "4", "--draws", "8", "--alpha", "0.1", "--batch", "8", "--max", "2", "--device", "cpu",
             "--out", str(tmp_path / "run")]
     assert cli_main(args) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -13,13 +13,13 @@ from trustdiff.checkpoint import (
     flatten_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
-    load_state_dict_file,
     rng_state_tensors,
     save_checkpoint,
     set_rng_state_tensors,
     unflatten_optimizer_state,
 )
 from trustdiff.errors import CheckpointError, UnsafeFileError
+from trustdiff.persist import load_state_dict_file
 
 
 class Net(nn.Module):
@@ -224,3 +224,15 @@ def test_diffusers_model_opens_with_from_pretrained(tmp_path):
     manifest = json.loads((path / "COMPLETE").read_text())
     assert "model/diffusion_pytorch_model.safetensors" in manifest["files"]
     assert os.path.getsize(path / "model" / "config.json") > 0
+
+
+def test_complete_is_the_shared_manifest_format(tmp_path):
+    from trustdiff.persist import folder_files
+
+    path = _save(tmp_path, 3, Net())
+    manifest = json.loads((path / "COMPLETE").read_text())
+    assert manifest["format"] == "trustdiff-checkpoint/1" and manifest["step"] == 3
+    assert manifest["files"] == {k: v for k, v in folder_files(path).items() if k != "COMPLETE"}
+    (path / "model" / "extra.safetensors").write_bytes(b"")   # a file the checkpoint did not write
+    with pytest.raises(CheckpointError, match=r"checkpoint file .*extra\.safetensors is not in the manifest"):
+        load_checkpoint(path, {"model": Net()})

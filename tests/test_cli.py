@@ -52,7 +52,7 @@ def test_trained_model_opens_in_diffusers(trained):
 
 
 def test_generate_same_seed_same_images(trained, tmp_path):
-    args = ["generate", "--model", str(trained), "-n", "6", "--steps", "3", "--seed", "5"]
+    args = ["generate", "--model", str(trained), "-n", "6", "--sample-steps", "3", "--seed", "5"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--batch", "4", "--out", str(tmp_path / "b")]) == 0     # batching must not matter
     assert main([*args[:-1], "6", "--out", str(tmp_path / "c")]) == 0
@@ -94,7 +94,11 @@ def test_resume_with_another_architecture_harms_nothing(trained, tmp_path, capsy
     before = _tree_hashes(run)
     args = [a if a != "tiny" else "small" for a in TINY]
     code = main(["train", *args, "--out", str(run), "--resume"])
-    assert "architecture" in _one_line_error(capsys, code)
+    assert "--size 'tiny' → 'small'" in _one_line_error(capsys, code)        # refused: the saved flags differ
+    assert _tree_hashes(run) == before
+    code = main(["train", *args, "--out", str(run), "--resume", "--force"])  # forced: the checkpoint does not fit
+    notice, err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "changed flags: --size 'tiny' → 'small'" in notice and "architecture" in err
     assert _tree_hashes(run) == before
 
 
@@ -105,7 +109,7 @@ def test_corrupted_safetensors(trained, tmp_path, capsys):
     shutil.copytree(trained / "model", model)
     f = model / "unet" / "diffusion_pytorch_model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    code = main(["generate", "--model", str(model), "-n", "2", "--steps", "2", "--out", str(tmp_path / "g")])
+    code = main(["generate", "--model", str(model), "-n", "2", "--sample-steps", "2", "--out", str(tmp_path / "g")])
     assert "diffusion_pytorch_model.safetensors" in _one_line_error(capsys, code)
     assert not (tmp_path / "g").exists()
 
@@ -121,8 +125,8 @@ def test_corrupted_checkpoint_on_resume(trained, tmp_path, capsys):
     data[-5] ^= 0xFF
     state.write_bytes(bytes(data))
     before = _tree_hashes(run)
-    code = main(["train", *TINY, "--steps", "6", "--out", str(run), "--resume"])
-    _one_line_error(capsys, code)
+    code = main(["train", "--out", str(run), "--resume"])                    # the saved flags
+    assert "state.safetensors" in _one_line_error(capsys, code)
     assert _tree_hashes(run) == before
 
 
@@ -146,8 +150,8 @@ def test_purify_eval_writes_a_checked_report(tmp_path, trained, capsys):
     assert main(["train-classifier", "--resolution", "8", "--steps", "3", "--width", "4", "--out", str(clf_run)]) == 0
     out = tmp_path / "purify"
     code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "0.1",
-                 "--steps", "2", "--attack", "pgd-eot", "--attack", "bpda", "--pgd-steps", "2", "--eot", "2",
-                 "--images", "6", "--n-check", "4", "--out", str(out)])
+                 "--sample-steps", "2", "--attack", "pgd-eot", "--attack", "bpda", "--attack-steps", "2", "--eot", "2",
+                 "-n", "6", "--n-check", "4", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     capsys.readouterr()
     m = json.loads((out / "metrics.json").read_text())
@@ -157,4 +161,4 @@ def test_purify_eval_writes_a_checked_report(tmp_path, trained, capsys):
     assert "Verdict" in (out / "report.md").read_text()
     code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "2",
                  "--out", str(tmp_path / "bad")])
-    assert "t_star" in _one_line_error(capsys, code) and not (tmp_path / "bad").exists()
+    assert "--t-star" in _one_line_error(capsys, code) and not (tmp_path / "bad").exists()

@@ -1,5 +1,5 @@
 import json
-import sys
+import shutil
 import types
 
 import numpy as np
@@ -7,11 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-import trustdiff.metrics.fid as fidmod
+import trustdiff.train.feature_net as fidmod
 from trustdiff.errors import CheckpointError, InputError
 from trustdiff.metrics.fid import (
     FeatureNet,
-    cached_feature_net,
     fd,
     fd_floor,
     fd_name,
@@ -19,6 +18,7 @@ from trustdiff.metrics.fid import (
     frechet_distance,
 )
 from trustdiff.nets import SmallCNN
+from trustdiff.train.feature_net import cached_feature_net
 
 
 class Flatten(nn.Module):
@@ -137,9 +137,25 @@ def test_cached_feature_net_reuses_the_trained_net(tmp_path, monkeypatch):
     cached_feature_net(x, y, "abc123", tmp_path, steps=6, width=4)
     assert len(calls) == 3  # a different data hash or train config is a different net
 
-    (folders[0] / "model.safetensors").write_bytes(b"torn")
-    with pytest.raises(CheckpointError, match="does not load"):
+    weights = folders[0] / "model.safetensors"
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF                 # same size, one byte different: only the hash sees it
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError) as e:       # a corrupted entry is reported, not used
         cached_feature_net(x, y, "abc123", tmp_path, steps=5, width=4)
+    msg = str(e.value)
+    assert "model.safetensors is corrupted" in msg and "to recompute it" in msg and "\n" not in msg
+    weights.write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match="model.safetensors is truncated"):
+        cached_feature_net(x, y, "abc123", tmp_path, steps=5, width=4)
+    assert len(calls) == 3
+    # a folder without a manifest (killed before it was published, or an older trustdiff's) is recomputed
+    (folders[0] / "trustdiff-manifest.json").unlink()
+    again = cached_feature_net(x, y, "abc123", tmp_path, steps=5, width=4)
+    assert len(calls) == 4 and weights.read_bytes() != b"torn"
+    torch.testing.assert_close(again(x), cached_feature_net(x, y, "abc123", tmp_path, steps=5, width=4)(x))
+    assert len(calls) == 4
     with pytest.raises(InputError, match="labels"):
         cached_feature_net(x, y.float(), "abc123", tmp_path, steps=5, width=4)
 
@@ -151,23 +167,26 @@ def test_train_feature_net_integration(tmp_path):
     g = torch.Generator().manual_seed(0)
     y = torch.arange(64) % 2
     x = (0.2 + 0.6 * y.float()[:, None, None, None] + 0.1 * torch.rand(64, 1, 8, 8, generator=g)).clamp(0, 1)
-    net = fidmod.train_feature_net(x, y, run_dir=tmp_path / "run", steps=30, seed=0, batch_size=32, width=4)
+    net = fidmod.train_feature_net(x, y, run_dir=tmp_path / "run", steps=30, seed=0, batch_size=32, width=4, lr=3e-3)
     assert isinstance(net, FeatureNet) and net(x).shape == (64, 16)
     with torch.no_grad():
         assert (net.classifier(x).argmax(1) == y).float().mean() > 0.9
-    # the cache with the real loop; a folder left without config.json (killed before the end)
-    # is trained on by resuming, not refused
+    # the cache with the real loop: the entry is published whole and its training run removed; a
+    # run killed before publishing resumes from its checkpoints
     kw = dict(steps=30, batch_size=32, width=4)
     first = cached_feature_net(x, y, "two-blobs", tmp_path / "cache", **kw)
-    (config,) = (tmp_path / "cache").glob("*/config.json")
-    config.unlink()
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert {p.name for p in entry.iterdir()} == {"config.json", "model.safetensors", "trustdiff-manifest.json"}
+    shutil.rmtree(entry)
+    shutil.move(tmp_path / "run", tmp_path / "cache" / f"train-{entry.name}")   # as if killed before publishing
     again = cached_feature_net(x, y, "two-blobs", tmp_path / "cache", **kw)
-    assert config.is_file()
-    torch.testing.assert_close(again(x), first(x))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.name]
+    torch.testing.assert_close(again(x), net(x))                     # resumed (at its end), not retrained
+    assert not torch.allclose(again(x), first(x))
 
 
 def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
-    """Until trustdiff.train lands: the call matches fit(model, loss_fn, (x, y), cfg, run_dir)."""
+    """The call matches fit(model, loss_fn, (x, y), cfg, run_dir)."""
     seen = {}
 
     def fit(model, loss_fn, data, cfg, run_dir, *, resume=False):
@@ -177,9 +196,8 @@ def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
         return types.SimpleNamespace(model=model, ema=None, step=cfg.steps, run_dir=run_dir,
                                      last_loss=float(loss.detach().mean()))
 
-    fake = types.ModuleType("trustdiff.train")
-    fake.TrainConfig, fake.fit = (lambda **kw: types.SimpleNamespace(**kw)), fit
-    monkeypatch.setitem(sys.modules, "trustdiff.train", fake)
+    monkeypatch.setattr(fidmod, "TrainConfig", lambda **kw: types.SimpleNamespace(**kw))
+    monkeypatch.setattr(fidmod, "fit", fit)
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
     net = fidmod.train_feature_net(x, y, run_dir=tmp_path, steps=50, seed=3, width=4)
     assert seen["loss_shape"] == (6,) and seen["cfg"].steps == 50 and seen["cfg"].seed == 3

@@ -15,8 +15,8 @@ import pytest
 
 from trustdiff.errors import InputError
 from trustdiff.report import SECTIONS, build_report, find_runs
-from trustdiff.report import demo as demo_mod
-from trustdiff.report.demo import demo_stages, run_demo, stage_key
+from trustdiff.cli import stages as demo_mod
+from trustdiff.cli.stages import demo_stages, run_demo, stage_key
 
 EXPECTED_IMAGES = {"diffusion": 1, "watermark": 4, "t2i": 4, "certify": 1, "purify": 1, "advtrain": 1}
 
@@ -111,9 +111,12 @@ def test_rerun_reuses_finished_stages_and_reruns_a_failed_one(tmp_path, monkeypa
 # ---- the real smoke demo -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smoke_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    rec = run_demo(out, "smoke", echo=lambda s: None)
+def smoke_demo(installed_smoke_demo):
+    """(out, stages record) of the session's one smoke demo: ``trustdiff demo --preset smoke`` run
+    from the installed wheel's console script (tests/conftest.py; tests/test_install.py checks the
+    command itself), so the suite runs the demo once, not twice."""
+    out, rec, proc = installed_smoke_demo
+    assert rec is not None, f"the smoke demo wrote no stages.json (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     return out, rec
 
 

@@ -191,3 +191,72 @@ def test_folder_digest_sees_every_byte(builtin_dir, tmp_path):
     assert folder_digest(copy) == folder_digest(builtin_dir)
     (copy / "trustdiff.json").write_text((copy / "trustdiff.json").read_text() + " ")
     assert folder_digest(copy) != folder_digest(builtin_dir)
+
+
+# ---- manifests and pickles ------------------------------------------------------------------------
+
+def _flip(path: Path, n: int = 1000) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, min(len(data) // 2 + n, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_written_pipelines_carry_a_manifest_checked_on_load(builtin_dir, sd_dir, tmp_path):
+    from trustdiff.persist import MANIFEST, read_manifest
+
+    files = read_manifest(builtin_dir)["files"]
+    assert {"model_index.json", "trustdiff.json", "unet/diffusion_pytorch_model.safetensors"} <= set(files)
+    assert json.loads((builtin_dir / "model_index.json").read_text())["_trustdiff_manifest"] == MANIFEST
+    bad = tmp_path / "bad"
+    shutil.copytree(builtin_dir, bad)
+    _flip(bad / "unet" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load_pipeline(bad)
+    assert f"{bad / 'unet' / 'diffusion_pytorch_model.safetensors'} is corrupted" in str(e.value)
+    assert "\n" not in str(e.value)
+    # an SD pipeline saved by trustdiff: no trustdiff.json, the index marks it
+    sd_copy = save_pipeline(load_pipeline(sd_dir), tmp_path / "sd-copy")
+    (sd_copy / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match=f"pipeline folder {sd_copy} has no {MANIFEST}"):
+        load_pipeline(sd_copy)
+    assert not (sd_dir / MANIFEST).exists()            # the foreign folder has none, and loads (other tests)
+
+
+def test_derived_pipeline_gets_its_own_manifest(sd_dir, tmp_path):
+    from trustdiff.persist import read_manifest
+    from trustdiff.t2i import derive_pipeline
+
+    pipe = load_pipeline(sd_dir)
+    out = derive_pipeline(sd_dir, tmp_path / "derived", {"unet": pipe.unet})
+    files = read_manifest(out)["files"]
+    assert "vae/diffusion_pytorch_model.safetensors" in files and "unet/config.json" in files
+    again = load_pipeline(out)
+    assert all(torch.equal(a, b) for a, b in zip(again.unet.parameters(), pipe.unet.parameters()))
+    twice = derive_pipeline(out, tmp_path / "twice", {})  # the source's manifest is not copied, a new one is written
+    assert read_manifest(twice)["files"].keys() == files.keys()
+    _flip(out / "vae" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(CheckpointError, match=r"vae/diffusion_pytorch_model\.safetensors is corrupted"):
+        load_pipeline(out)
+    with pytest.raises(CheckpointError, match="is corrupted"):
+        derive_pipeline(out, tmp_path / "thrice", {})      # a damaged source is not copied on
+    assert not (tmp_path / "thrice").exists()
+
+
+def test_pickled_part_is_refused_unless_allowed(sd_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from trustdiff.errors import UnsafeFileError
+
+    old = tmp_path / "old-sd"
+    shutil.copytree(sd_dir, old)
+    te = old / "text_encoder"
+    torch.save(load_file(te / "model.safetensors"), te / "pytorch_model.bin")
+    (te / "model.safetensors").unlink()
+    with pytest.raises(UnsafeFileError) as e:
+        load_pipeline(old)
+    assert "pytorch_model.bin" in str(e.value) and "--unsafe-allow-pickle" in str(e.value)
+    pipe = load_pipeline(old, allow_pickle=True)
+    ref = load_pipeline(sd_dir)
+    a, b = pipe.text_encoder.state_dict(), ref.text_encoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -90,7 +90,7 @@ def test_dry_run_prints_config_and_writes_nothing(tmp_path):
     cfg = json.loads(r.output)
     assert cfg["config"]["n_bits"] == 8 and cfg["config"]["distortions"] == ["jpeg", "noise"]
     assert not out.exists()
-    r = run(["recipe", *CODEC, "--out", out, "--dry-run"])
+    r = run(["recipe", *CODEC, "--fpr", "0.01", "--out", out, "--dry-run"])
     assert json.loads(r.output)["config"]["codec"]["resolution"] == 16
     assert not out.exists()
     msg = user_error(run(["train-codec", *CODEC, "--distortions", "sepia", "--out", out], ok=False))
@@ -110,8 +110,8 @@ def test_recipe_end_to_end_tiny(tmp_path):
     for f in ("watermarked.npz", "generated-watermarked.npz", "generated-clean.npz", "key.txt",
               "diffusion-watermarked/model/trustdiff.json", "diffusion-clean/model/trustdiff.json"):
         assert (out / f).exists(), f
-    # a second run reuses every stage and gives the same figures
-    run(["recipe", *CODEC, "--size", "tiny", "--steps", "3", "--batch", "16", "-n", "8", "--sample-steps", "2",
-         "--fpr", "0.01", "--no-fd", "--key", "0xa5", "--out", out])
+    # a second run into the same folder is refused; resumed, it reuses every stage and gives the same figures
+    assert "--resume" in user_error(run(["recipe", *CODEC, "--out", out], ok=False))
+    run(["recipe", "--resume", "--out", out])
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["headline"] == m["headline"]

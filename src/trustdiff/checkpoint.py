@@ -1,64 +1,45 @@
-"""Checkpoints: safetensors + JSON, atomic writes, refusal of pickles.
+"""Training checkpoints: folders of safetensors + JSON, written atomically, found and loaded back.
 
-Every file is written to a temporary name in the same folder, fsynced, then renamed over the
-target (``os.replace`` is atomic on POSIX), and the folder is fsynced, so a crash or SIGKILL at
-any instant leaves either the old file or the new one — never a torn one.
-
-Training checkpoints are folders built the same way (:func:`save_checkpoint`,
-:func:`latest_checkpoint`, :func:`load_checkpoint`); single weight files go through
-:func:`load_state_dict_file`, which refuses pickles unless the user opts in.
+A checkpoint folder is built under a temporary name, sealed with its manifest ``COMPLETE`` (the
+manifest code and format of :mod:`trustdiff.persist`), and renamed into place, so a crash or
+SIGKILL at any instant leaves either the old checkpoint or the new one (:func:`save_checkpoint`,
+:func:`latest_checkpoint`, :func:`load_checkpoint`). Optimizer and RNG state travel as tensors +
+JSON. The persistence helpers themselves (atomic writes, pickle refusal, weights folders) live in
+:mod:`trustdiff.persist`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, UnsafeFileError
+from .errors import CheckpointError
+from .persist import (
+    bytes_entry,
+    cpu_state_dict,
+    file_entry,
+    fsync_path,
+    fsync_tree,
+    json_bytes,
+    load_safetensors,
+    load_strict,
+    manifest_json,
+    publish,
+    read_manifest,
+    remove_folder,
+    tmp_sibling,
+    verify_manifest,
+)
+from .persist import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes a rename inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_path(path.parent)
-
-
-def atomic_write_json(path, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +65,6 @@ COMPLETE = "COMPLETE"
 MODULE_WEIGHTS = "model.safetensors"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 FORMAT = "trustdiff-checkpoint/1"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -119,14 +99,6 @@ def _step_of(path: Path) -> int | None:
 # ---- writing --------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _FolderWriter:
     """Writes files into a fresh folder, fsyncing each and recording its size and SHA-256."""
 
@@ -141,30 +113,20 @@ class _FolderWriter:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        self.files[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self.files[rel] = bytes_entry(data)
         _fault("file", path)
 
     def adopt(self, sub: Path) -> None:
         """Record (and fsync) every file that a library wrote under ``sub``, e.g. save_pretrained."""
+        fsync_tree(sub)
         for path in sorted(p for p in sub.rglob("*") if p.is_file()):
-            _fsync_path(path)
-            rel = path.relative_to(self.root).as_posix()
-            self.files[rel] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
-        for d in sorted(p for p in sub.rglob("*") if p.is_dir()):
-            _fsync_path(d)
-        _fsync_path(sub)
+            self.files[path.relative_to(self.root).as_posix()] = file_entry(path)
         _fault("file", sub)
 
 
 def _is_diffusers(module: nn.Module) -> bool:
     """Duck-typed diffusers ``ModelMixin`` (saved in its own layout, so ``from_pretrained`` opens it)."""
     return callable(getattr(module, "save_pretrained", None)) and hasattr(module, "config")
-
-
-def _cpu_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached contiguous CPU copies: safetensors refuses shared storage (tied weights), and a
-    copy also frees the caller to keep training while the bytes are written."""
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
 
 
 def _json_config(module: nn.Module) -> dict | None:
@@ -180,7 +142,7 @@ def _json_config(module: nn.Module) -> dict | None:
 
 def _json_bytes(obj, what: str) -> bytes:
     try:
-        return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+        return json_bytes(obj)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{what} is not JSON-able: {e}") from None
 
@@ -202,26 +164,15 @@ def _write_folder(root: Path, step: int, modules, tensors, state) -> None:
             module.save_pretrained(root / name, safe_serialization=True)
             w.adopt(root / name)
         else:
-            w.put(f"{name}/{MODULE_WEIGHTS}", st_save(_cpu_state_dict(module.state_dict())))
+            w.put(f"{name}/{MODULE_WEIGHTS}", st_save(cpu_state_dict(module.state_dict())))
             cfg = _json_config(module)
             if cfg is not None:
                 w.put(f"{name}/config.json", _json_bytes(cfg, f"{name}.config"))
-            _fsync_path(root / name)
-    w.put(STATE_TENSORS, st_save(_cpu_state_dict(tensors)))
+            fsync_path(root / name)
+    w.put(STATE_TENSORS, st_save(cpu_state_dict(tensors)))
     w.put(STATE_JSON, state_bytes)
-    manifest = {"format": FORMAT, "step": step, "files": w.files}
-    w.put(COMPLETE, _json_bytes(manifest, "manifest"))
-    _fsync_path(root)
-
-
-def _remove_tree(path: Path, ckdir: Path) -> None:
-    """Delete a folder so that a crash midway never leaves a half-deleted ``step-*`` folder:
-    rename it to a ``.tmp-*`` name first (atomic), then remove that."""
-    if not path.name.startswith(".tmp-"):
-        doomed = ckdir / f".tmp-del-{path.name}-{secrets.token_hex(4)}"
-        os.rename(path, doomed)
-        path = doomed
-    shutil.rmtree(path, ignore_errors=True)
+    w.put(COMPLETE, manifest_json(w.files, FORMAT, step=step))
+    fsync_path(root)
 
 
 def _prune(ckdir: Path, *, step: int, keep: int) -> None:
@@ -230,17 +181,17 @@ def _prune(ckdir: Path, *, step: int, keep: int) -> None:
     a fallback scan must not prefer it over the one just written)."""
     for p in list(ckdir.iterdir()):
         if p.name.startswith(".tmp-"):
-            _remove_tree(p, ckdir)
+            remove_folder(p)
         elif p.name.startswith(f".{LATEST}.") and p.name.endswith(".tmp"):
             p.unlink(missing_ok=True)  # left by an atomic_write_json that was killed
     steps = sorted(((s, p) for p in ckdir.iterdir() if p.is_dir() and (s := _step_of(p)) is not None), reverse=True)
     older = [p for s, p in steps if s <= step]
     for s, p in steps:
         if s > step:
-            _remove_tree(p, ckdir)
+            remove_folder(p)
     for p in older[keep:]:
-        _remove_tree(p, ckdir)
-    _fsync_path(ckdir)
+        remove_folder(p)
+    fsync_path(ckdir)
 
 
 def save_checkpoint(
@@ -272,19 +223,14 @@ def save_checkpoint(
     ckdir = Path(run_dir) / CHECKPOINTS
     ckdir.mkdir(parents=True, exist_ok=True)
     name = step_dirname(step)
-    # os.mkdir (not mkdtemp, which makes it 0700) so the folder gets the user's umask
-    tmp = ckdir / f".tmp-{name}-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
+    final = ckdir / name
+    tmp = tmp_sibling(final)
     try:
         _write_folder(tmp, step, modules, tensors, state)
-        final = ckdir / name
-        if final.exists():  # the same step saved again (e.g. after a resume from an older one)
-            _remove_tree(final, ckdir)
-        os.rename(tmp, final)
+        publish(tmp, final)  # replaces the same step saved before (e.g. after a resume from an older one)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_path(ckdir)
     _fault("renamed", final)
     atomic_write_json(ckdir / LATEST, {"step": step, "path": name})
     _fault("latest", ckdir / LATEST)
@@ -297,30 +243,15 @@ def save_checkpoint(
 
 
 def _read_manifest(path: Path) -> dict:
-    marker = path / COMPLETE
-    if not marker.is_file():
+    manifest = read_manifest(path, name=COMPLETE)
+    if manifest is None:
         raise CheckpointError(f"checkpoint {path} is incomplete (no {COMPLETE} marker): its write was interrupted")
-    try:
-        manifest = json.loads(marker.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: unreadable {COMPLETE} manifest ({e})") from None
     return manifest
 
 
 def _verify_files(path: Path, manifest: dict, *, hashes: bool) -> None:
     """Check each listed file's size (cheap) and, with ``hashes``, its SHA-256."""
-    for rel, meta in manifest["files"].items():
-        f = path / rel
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint file {f} is missing")
-        size = f.stat().st_size
-        if size != meta["size"]:
-            raise CheckpointError(f"checkpoint file {f} is truncated or altered: {size} bytes, expected {meta['size']}")
-        if hashes and _sha256_file(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint file {f} is corrupted: its SHA-256 does not match the manifest")
+    verify_manifest(path, manifest, name=COMPLETE, hashes=hashes, what="checkpoint file")
 
 
 def _usable(path: Path) -> bool:
@@ -363,17 +294,6 @@ def latest_checkpoint(run_dir) -> Path | None:
     return None
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        return load_file(path, device="cpu")
-    except Exception as e:  # safetensors raises its own SafetensorError, or OSError
-        raise CheckpointError(f"weights file {path} is corrupted or truncated: {e}") from None
-
-
 def _module_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     """The state dict stored for module ``name`` (our layout, or diffusers' single/sharded)."""
     sub = path / name
@@ -382,7 +302,7 @@ def _module_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} has no module {name!r} (it holds {held})")
     for single in (MODULE_WEIGHTS, _DIFFUSERS_WEIGHTS):
         if (sub / single).is_file():
-            return _load_safetensors(sub / single)
+            return load_safetensors(sub / single)
     if (sub / _DIFFUSERS_INDEX).is_file():
         try:
             shards = sorted(set(json.loads((sub / _DIFFUSERS_INDEX).read_text())["weight_map"].values()))
@@ -390,37 +310,9 @@ def _module_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"checkpoint file {sub / _DIFFUSERS_INDEX} is corrupted: {e}") from None
         sd: dict[str, torch.Tensor] = {}
         for shard in shards:
-            sd.update(_load_safetensors(sub / shard))
+            sd.update(load_safetensors(sub / shard))
         return sd
     raise CheckpointError(f"checkpoint {path}: no safetensors weights for {name!r} in {sub}")
-
-
-def _short(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    more = f", … +{len(keys) - n} more" if len(keys) > n else ""
-    return "[" + ", ".join(repr(k) for k in keys[:n]) + more + "]"
-
-
-def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, where: Path, name: str) -> None:
-    """``load_state_dict(strict=True)``, with any mismatch reported as one CheckpointError line."""
-    own = module.state_dict()
-    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    shapes = [k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing or unexpected:
-            parts.append(f"missing keys {_short(missing)}, unexpected {_short(unexpected)}")
-        if shapes:
-            k = sorted(shapes)[0]
-            parts.append(
-                f"{len(shapes)} shape mismatch(es), e.g. {k!r}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-            )
-        raise CheckpointError(f"checkpoint {where} holds a different architecture for {name!r}: " + "; ".join(parts))
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:  # anything the key/shape check above did not foresee
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {where} does not load into {name!r}: {first}") from None
 
 
 def load_checkpoint(path, modules: Mapping[str, nn.Module], *, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
@@ -445,68 +337,12 @@ def load_checkpoint(path, modules: Mapping[str, nn.Module], *, verify: bool = Tr
     _verify_files(path, manifest, hashes=verify)
     for name, module in modules.items():
         load_strict(module, _module_state_dict(path, name), where=path, name=name)
-    tensors = _load_safetensors(path / STATE_TENSORS)
+    tensors = load_safetensors(path / STATE_TENSORS)
     try:
         state = json.loads((path / STATE_JSON).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint file {path / STATE_JSON} is corrupted: {e}") from None
     return tensors, state
-
-
-# ---- single weight files, pickles refused ---------------------------------------------------
-
-
-def _tensor_dict(obj, path: Path) -> dict[str, torch.Tensor]:
-    """A loaded pickle → its state dict (a Lightning-style ``{"state_dict": ...}`` is unwrapped)."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)} if isinstance(obj, Mapping) else {}
-    if not tensors:
-        raise CheckpointError(f"weights file {path} holds no state dict of tensors (got {type(obj).__name__})")
-    return tensors
-
-
-def load_state_dict_file(path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Load a weights file into a name → tensor dict on the CPU.
-
-    ``.safetensors`` is read with safetensors. Pickle files (``.pt .pth .pkl .ckpt .bin``) can run
-    arbitrary code when loaded, so they are refused unless ``allow_pickle=True``; then
-    ``torch.load(weights_only=True)`` is tried first, and only if that fails (the file holds
-    objects other than tensors and containers) is the full unpickler used, with a warning.
-
-    Raises:
-        UnsafeFileError: a pickle file without ``allow_pickle``.
-        CheckpointError: missing, unknown format, corrupted, or no tensors inside.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return _load_safetensors(path)
-    if suffix not in PICKLE_SUFFIXES:
-        raise CheckpointError(f"weights file {path}: unknown format {suffix or '(no suffix)'!r}; expected .safetensors")
-    if not allow_pickle:
-        raise UnsafeFileError(
-            f"refusing to load pickle file {path}: pickles can run code; convert it to safetensors "
-            "or pass --unsafe-allow-pickle"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        log.warning(
-            "%s does not load with weights_only=True (%s); loading it with the full unpickler, "
-            "which can run code, because allow_pickle=True was given",
-            path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
-        )
-        try:
-            # the one deliberate unsafe load: the user opted in with allow_pickle / --unsafe-allow-pickle
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e2:
-            raise CheckpointError(f"weights file {path} is corrupted or not a torch pickle: {e2}") from None
-    return _tensor_dict(obj, path)
 
 
 # ---- optimizer and RNG state as tensors + JSON ----------------------------------------------
@@ -568,44 +404,3 @@ def set_rng_state_tensors(states: Mapping[str, torch.Tensor], generator: torch.G
         torch.cuda.set_rng_state(states["cuda"].to("cpu", torch.uint8), device)
     if generator is not None and "generator" in states:
         generator.set_state(states["generator"].to("cpu", torch.uint8))
-
-
-# ---- a saved network as a folder: model.safetensors + config.json -------------------------------
-
-FOLDER_WEIGHTS, FOLDER_CONFIG = "model.safetensors", "config.json"
-
-
-def save_weights_folder(folder, module: nn.Module, config: dict) -> Path:
-    """Write ``folder/model.safetensors`` (the state dict, on the CPU) then ``folder/config.json``,
-    both atomically and the JSON last, so a folder with a config.json is whole."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
-    sd = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-    atomic_write_bytes(folder / FOLDER_WEIGHTS, save(sd))
-    atomic_write_json(folder / FOLDER_CONFIG, config)
-    return folder
-
-
-def resolve_weights_folder(folder, inner: str) -> Path:
-    """``folder``, or ``folder/inner`` when ``folder`` is the run folder that holds it."""
-    folder = Path(folder)
-    if not (folder / FOLDER_WEIGHTS).is_file() and (folder / inner / FOLDER_CONFIG).is_file():
-        folder = folder / inner
-    return folder
-
-
-def read_folder_config(folder, fmt: str, what: str) -> dict:
-    """The config.json of a weights folder, checked to be JSON of format ``fmt``; one
-    CheckpointError line otherwise (``what`` names the folder kind in the message)."""
-    folder = Path(folder)
-    path = folder / FOLDER_CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: expected {what} (config.json + {FOLDER_WEIGHTS})")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
-        raise CheckpointError(f"{path}: expected format {fmt!r}")
-    return cfg

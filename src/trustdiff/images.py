@@ -127,7 +127,7 @@ def save_png(path, grid: np.ndarray) -> None:
 
     from PIL import Image
 
-    from .checkpoint import atomic_write_bytes
+    from .persist import atomic_write_bytes
 
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     buf = io.BytesIO()

@@ -22,13 +22,24 @@ def test_set(data: str, resolution: int, images: int | None, seed: int):
     return x, y
 
 
-def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, images: int | None = None,
-                 autoattack: bool = True, n_check: int = 64, seed: int = 0, batch_size: int = 256) -> dict:
+def check_run(run_dir) -> dict:
+    """The job of a finished ``advtrain train`` run (one InputError line for anything else)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
-        raise InputError(f"{run_dir}: expected a finished advtrain run (metrics.json, best/, last/)")
-    run = json.loads((run_dir / "metrics.json").read_text())
-    job = run["job"]
+    what = f"{run_dir}: expected a finished advtrain train run (metrics.json with its job, best/, last/)"
+    try:
+        job = json.loads((run_dir / "metrics.json").read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        raise InputError(what) from None
+    if not isinstance(job, dict) or not all((run_dir / w / "config.json").is_file() for w in ("best", "last")):
+        raise InputError(what)
+    return job
+
+
+def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, images: int | None = None,
+                 autoattack: bool = True, n_check: int = 64, seed: int = 0, batch_size: int = 256,
+                 allow_pickle: bool = False) -> dict:
+    run_dir = Path(run_dir)
+    job = check_run(run_dir)
     eps = job["eps"] if eps is None else eps
     cfg = classifier_config(run_dir / "last")
     x, y = test_set(data or job["data"], cfg["resolution"], images, seed)
@@ -37,7 +48,7 @@ def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, 
         attacks.append(autoattack_attack(eps, job["norm"], "standard"))
     out = {"run": str(run_dir), "eps": eps, "norm": job["norm"], "n": len(x), "models": {}}
     for which in ("best", "last"):
-        net = load_classifier(run_dir / which)
+        net = load_classifier(run_dir / which, allow_pickle=allow_pickle)
         rep = evaluate(net, x, y, attacks, seed=seed, batch_size=batch_size, n_check=n_check)
         out["models"][which] = {"epoch": classifier_config(run_dir / which).get("epoch"), "report": rep}
     b, l = (out["models"][k]["report"] for k in ("best", "last"))

@@ -23,12 +23,12 @@ FILTERED = "filtered.npz"
 
 def generate_set(model_dir, out, n: int, *, shard_size: int = 10_000, seed: int = 0, sampler: str = "heun",
                  steps: int = 20, batch: int = 256, rank: int = 0, world: int = 1, device=None,
-                 progress: bool = False) -> list[Path]:
+                 progress: bool = False, allow_pickle: bool = False) -> list[Path]:
     """Sample n labelled images (classes cycling 0…K−1) from a class-conditional model into shards;
     existing shards are kept (resume), process ``rank`` of ``world`` writes its share."""
     from ..diffusion.model import load_model, write_shards
 
-    den, spec = load_model(model_dir)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     if spec.num_classes is None:
         raise InputError(f"{model_dir}: expected a class-conditional diffusion model (labels), got an unconditional one")
     if device is not None:
@@ -69,7 +69,7 @@ def filter_top_k(x: torch.Tensor, y: torch.Tensor, classifier, k_per_class: int)
 
 def write_filtered(folder, classifier, k_per_class: int) -> Path:
     """Filter all shards in ``folder`` into ``folder/filtered.npz`` (images, labels, seeds, confidence)."""
-    from ..checkpoint import atomic_write_bytes
+    from ..persist import atomic_write_bytes
     import io
 
     x, y, seeds = _read(shard_paths(folder))

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from ..attacks import pgd
-from ..checkpoint import atomic_write_json, latest_checkpoint, load_checkpoint
+from ..checkpoint import latest_checkpoint, load_checkpoint
 from ..data import load as load_data
 from ..errors import InputError
 from ..nets import build_classifier, parse_arch
+from ..persist import atomic_write_json
 from ..train import TrainConfig, fit
 from ..train.classifier import save_classifier
 from .generated import load_generated
@@ -82,6 +83,17 @@ class AdvTrainJob:
     @property
     def step_size(self) -> float:
         return self.alpha if self.alpha is not None else self.eps / 4
+
+
+#: named settings of ``advtrain train``: a data set's budget, and the paper's GPU-scale one
+PRESETS = {
+    # bench/advtrain_digits.py's settings: 16×16 digits, L∞ 0.1, a small CNN, 40 × 50 updates of 128
+    "digits": dict(arch="small-cnn", width=16, eps=0.1, epochs=40, iters_per_epoch=50, batch_size=128, lr=0.1,
+                   warmup_epochs=2, holdout=256),
+    # Wang et al. (2023), CIFAR-10 L∞ 8/255: WRN-28-10, batch 512, lr 0.2, 400 epochs (GPUs only)
+    "cifar10-wang2023": dict(arch="wrn-28-10", width=32, eps=8 / 255, epochs=400, iters_per_epoch=None, batch_size=512,
+                             lr=0.2, warmup_epochs=10, holdout=1024),
+}
 
 
 def split_holdout(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +164,7 @@ def _read_epochs(run_dir: Path, up_to_step: int | None = None) -> list[dict]:
 
 
 def _write_epochs(run_dir: Path, rows: list[dict]) -> None:
-    from ..checkpoint import atomic_write_bytes
+    from ..persist import atomic_write_bytes
     atomic_write_bytes(run_dir / EPOCHS_LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 

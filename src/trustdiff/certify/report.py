@@ -17,7 +17,7 @@ from pathlib import Path
 
 from scipy.stats import beta
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..persist import atomic_write_bytes, atomic_write_json
 from ..errors import InputError
 from .evaluate import Row
 from .smooth import max_radius

@@ -29,19 +29,31 @@ def _register():
 _register()
 
 
+def _one_line(text: str) -> str:
+    """A message as one line (a user error is one line on stderr)."""
+    return " ".join(str(text).split())
+
+
 def main(argv=None) -> int:
-    """Console entry point: runs the CLI, turning user errors into one line and exit code 2."""
+    """Console entry point: runs the CLI; a user error — a :class:`TrustdiffError`, a bad flag, a
+    file that cannot be read or written — is one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=argv, standalone_mode=False, obj={"argv": argv})   # an int only from click's Exit
     except TrustdiffError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_one_line(e)}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.exceptions.Exit as e:
+        return e.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
+        return 2
+    except OSError as e:                       # a path the user gave that cannot be read or written
+        where = f" {e.filename}" if e.filename else ""
+        click.echo(f"error:{where}: {_one_line(e.strerror or e)}", err=True)
         return 2
     return code if isinstance(code, int) else 0
 

@@ -6,44 +6,40 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option, dry_run_or_start
+from .common import COUNT, NONNEG, OPEN_UNIT, POSITIVE, run_command, seed_option, unsafe_pickle_option
 
 
 @click.command("train-classifier")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a data path (train split).')
-@click.option("--resolution", default=16, show_default=True)
-@click.option("--noise-sigma", default=0.0, show_default=True, help="Gaussian augmentation σ ([0, 1] pixels); 0: standard.")
-@click.option("--width", default=32, show_default=True, help="SmallCNN width.")
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch", "batch_size", default=128, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/classifier"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@dry_run_option
-def train_classifier_cmd(data, resolution, noise_sigma, width, steps, batch_size, lr, seed, out, resume, dry_run):
+@click.option("--resolution", type=COUNT, default=16, show_default=True)
+@click.option("--noise-sigma", type=NONNEG, default=0.0, show_default=True, help="Gaussian augmentation σ ([0, 1] pixels); 0: standard.")
+@click.option("--width", type=COUNT, default=32, show_default=True, help="SmallCNN width.")
+@click.option("--steps", type=COUNT, default=2000, show_default=True, help="Training steps.")
+@click.option("--batch", "batch_size", type=COUNT, default=128, show_default=True)
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
+@seed_option()
+@run_command("train-classifier", out="runs/classifier", resumable=True)
+def train_classifier_cmd(run, data, resolution, noise_sigma, width, steps, batch_size, lr, seed, out):
     """Train a base classifier (standard, or noise-trained with --noise-sigma); the network is
     written to OUT/classifier."""
     import torch
 
     from ..train.classifier import accuracy, train_classifier
-    from ..checkpoint import atomic_write_json
+    from ..persist import atomic_write_json
     from ..data import load
     from ..errors import InputError
 
-    if not noise_sigma >= 0:
-        raise InputError(f"--noise-sigma: expected >= 0, got {noise_sigma}")
     train = load(data, resolution=resolution, split="train", seed=seed)
     x, y = train.tensors()
     if train.num_classes < 2:
         raise InputError(f"{data}: a classifier needs labels of at least 2 classes")
     config = dict(data=data, resolution=resolution, noise_sigma=noise_sigma, width=width, steps=steps,
                   batch_size=batch_size, lr=lr, seed=seed)
-    if not dry_run_or_start("train-classifier", config, out, dry_run, write_config=not resume):
+    test_x, test_y = load(data, resolution=resolution, split="test", seed=seed).tensors()
+    if not run.start(config):
         return
     net = train_classifier(x, y, run_dir=out, noise_sigma=noise_sigma, steps=steps, batch_size=batch_size, lr=lr,
-                           seed=seed, width=width, resume=resume, data=data, split_seed=seed)
-    test_x, test_y = load(data, resolution=resolution, split="test", seed=seed).tensors()
+                           seed=seed, width=width, resume=run.resume, data=data, split_seed=seed)
     metrics = {"test_accuracy": accuracy(net, test_x, test_y), "noise_sigma": noise_sigma, "steps": steps,
                "test_images": len(test_x)}
     if noise_sigma > 0:
@@ -85,24 +81,26 @@ def _parse_radii(text: str) -> tuple[float, ...]:
               help="A classifier folder (or a train-classifier run folder).")
 @click.option("--denoiser", "denoiser_dir", type=click.Path(path_type=Path), default=None,
               help="A diffusion model folder: denoise in front of the classifier (Carlini et al.).")
-@click.option("--denoise-steps", default=1, show_default=True, help="1: one-shot denoise; more: deterministic Heun levels.")
+@click.option("--sample-steps", "denoise_steps", type=COUNT, default=1, show_default=True,
+              help="Denoiser levels: 1 one-shot denoise (Carlini et al.); more: deterministic Heun levels.")
 @click.option("--data", default=None, help="Test data; default: the classifier's training data set.")
-@click.option("--split", default="test", show_default=True)
-@click.option("--sigma", type=float, required=True, help="Noise σ in [0, 1]-pixel units.")
-@click.option("--n0", default=100, show_default=True, help="Draws to select the class.")
-@click.option("--n", default=10_000, show_default=True, help="Fresh draws to estimate p_A.")
-@click.option("--alpha", default=0.001, show_default=True, help="Failure probability of each certificate.")
-@click.option("--batch", "batch_size", default=1000, show_default=True)
-@click.option("--skip", default=1, show_default=True, help="Certify every SKIP-th test image.")
-@click.option("--max", "max_index", default=-1, show_default=True, help="Stop before this test index (-1: all).")
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True)
+@click.option("--sigma", type=POSITIVE, required=True, help="Noise σ in [0, 1]-pixel units.")
+@click.option("--draws0", "n0", type=COUNT, default=100, show_default=True, help="Monte-Carlo draws to select the class (Cohen et al.'s n0).")
+@click.option("--draws", "n", type=COUNT, default=10_000, show_default=True, help="Monte-Carlo draws to estimate p_A (Cohen et al.'s n).")
+@click.option("--alpha", type=OPEN_UNIT, default=0.001, show_default=True, help="Failure probability of each certificate.")
+@click.option("--batch", "batch_size", type=COUNT, default=1000, show_default=True)
+@click.option("--skip", type=COUNT, default=1, show_default=True, help="Certify every SKIP-th test image.")
+@click.option("--max", "max_index", type=click.IntRange(min=-1), default=-1, show_default=True, help="Stop before this test index (-1: all).")
 @click.option("--shard", default="0/1", show_default=True, help="i/k: this process's share; 'auto' under accelerate launch.")
 @click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Image idx draws its noise from seed + idx.")
+@seed_option("Image idx draws its noise from seed + idx.")
 @click.option("--device", default=None, help="Default: cuda if available, else cpu.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/certify"), show_default=True)
-@dry_run_option
-def certify_cmd(classifier_dir, denoiser_dir, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
-                max_index, shard, radii, seed, device, out, dry_run):
+@unsafe_pickle_option
+@run_command("certify", out="runs/certify", shared=lambda p: p["shard"] != "0/1",
+             shared_glob="certify-shard-*")
+def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
+                max_index, shard, radii, seed, device, allow_pickle, out):
     """Certify test images with randomized smoothing (Cohen et al.), optionally behind a diffusion
     denoiser (Carlini et al.): OUT/certify.tsv, metrics.json, certify-curve.png. With --shard i/k,
     OUT/certify-shard-i-of-k.tsv; merge with `trustdiff certify-merge OUT`."""
@@ -112,14 +110,15 @@ def certify_cmd(classifier_dir, denoiser_dir, denoise_steps, data, split, sigma,
     from ..train.classifier import classifier_config, load_classifier
     from ..data import load
     from ..errors import InputError
+    from ..runtime import resolve_device
 
     # every bad input fails here, before OUT is touched
     i, k = _parse_shard(shard)
     radii_t = _parse_radii(radii)
     check_certify_arguments(n0, n, alpha, batch_size)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     cfg = classifier_config(classifier_dir)
-    net = load_classifier(classifier_dir).to(device)
+    net = load_classifier(classifier_dir, allow_pickle=allow_pickle).to(device)
     data = data or cfg.get("data", "digits")
     test = load(data, resolution=cfg["resolution"], split=split, seed=cfg.get("split_seed", 0))  # the split it was trained beside
     x, y = test.tensors()
@@ -129,7 +128,7 @@ def certify_cmd(classifier_dir, denoiser_dir, denoise_steps, data, split, sigma,
     if denoiser_dir is not None:
         from ..diffusion.model import load_model
 
-        den, spec = load_model(denoiser_dir)
+        den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle)
         if (spec.channels, spec.resolution) != (x.shape[1], x.shape[-1]):
             raise InputError(f"{denoiser_dir}: a {spec.channels}×{spec.resolution}² model, but the data are "
                              f"{x.shape[1]}×{x.shape[-1]}²")
@@ -140,8 +139,7 @@ def certify_cmd(classifier_dir, denoiser_dir, denoise_steps, data, split, sigma,
                 denoiser=str(denoiser_dir) if denoiser_dir else None, denoise_steps=denoise_steps if denoiser_dir else None,
                 data=data, split=split, sigma=sigma, n0=n0, n=n, alpha=alpha, skip=skip, max_index=max_index,
                 seed=seed, radii=list(radii_t), batch_size=batch_size)
-    if not dry_run_or_start("certify", {**meta, "shard": [i, k], "device": str(device)}, out, dry_run,
-                            write_config=i == 0):
+    if not run.start({**meta, "shard": [i, k], "device": str(device)}, write_config=i == 0):
         return
     stem = report.shard_stem(i, k) if k > 1 else "certify"
     partial = out / f"{stem}.tsv.partial"

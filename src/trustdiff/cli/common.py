@@ -1,55 +1,39 @@
-"""Plumbing every command shares: run folders, the resolved config, --dry-run."""
-from __future__ import annotations
+"""Plumbing every command shares: the run-folder decorator, checked number types, the pickle flag.
 
-import json
-import logging
-import os
-import platform
-import sys
-import time
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
+One flag, one meaning across commands: ``--steps`` training steps, ``--sample-steps`` sampler (or
+purifier solver) levels, ``--attack-steps`` attack iterations, ``-n/--num`` image counts,
+``--draws`` Monte-Carlo draws, ``--fd-data`` the data set FD is measured against.
+"""
+from __future__ import annotations
 
 import click
 
-from ..checkpoint import atomic_write_json
+from ..runs import run_command  # noqa: F401  (re-exported: every command module uses it)
+
+#: the sampler names of trustdiff.diffusion.samplers.SAMPLERS (spelled out: --help stays fast)
+SAMPLERS = ("heun", "euler", "ddim", "ddpm", "euler_maruyama", "pc", "langevin")
+#: counts (images, steps, batches, draws): at least 1
+COUNT = click.IntRange(min=1)
+#: counts that may be 0 (e.g. extra images, optional checks)
+COUNT0 = click.IntRange(min=0)
+#: seeds: torch takes non-negative 64-bit seeds
+SEED = click.IntRange(min=0)
+#: probabilities and fractions in [0, 1]
+UNIT = click.FloatRange(0.0, 1.0)
+#: strictly positive reals (learning rates, noise levels)
+POSITIVE = click.FloatRange(min=0.0, min_open=True)
+#: non-negative reals (budgets, weights of loss terms)
+NONNEG = click.FloatRange(min=0.0)
+#: a probability strictly inside (0, 1) (false-positive rates, failure probabilities)
+OPEN_UNIT = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
 
 
-def to_jsonable(obj):
-    """Dataclasses (nested) → dicts, Paths → str."""
-    if is_dataclass(obj):
-        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {k: to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+def seed_option(help: str = "Seed of every random choice of the run.", default: int = 0):
+    return click.option("--seed", type=SEED, default=default, show_default=True, help=help)
 
 
-def dry_run_or_start(command: str, config, out: Path, dry_run: bool, write_config: bool = True) -> bool:
-    """Print the resolved config and return False for ``--dry-run``; else create the run folder,
-    write ``config.json`` (command, config, versions, argv) and a log file, and return True."""
-    resolved = {"command": command, "out": str(out), "config": to_jsonable(config)}
-    if dry_run:
-        click.echo(json.dumps(resolved, indent=2, sort_keys=True))
-        return False
-    out.mkdir(parents=True, exist_ok=True)
-    if write_config and os.environ.get("RANK", "0") == "0":      # under Accelerate, rank 0 writes
-        import torch
-
-        from .. import __version__
-
-        resolved |= {"argv": sys.argv, "trustdiff": __version__, "torch": torch.__version__,
-                     "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_json(out / "config.json", resolved)
-    handler = logging.FileHandler(out / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("trustdiff").addHandler(handler)
-    logging.getLogger("trustdiff").setLevel(logging.INFO)
-    return True
-
-
-def dry_run_option(f):
-    return click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")(f)
+def unsafe_pickle_option(f):
+    """``--unsafe-allow-pickle``: load pickled weights (which can run code) when no safetensors exist."""
+    return click.option("--unsafe-allow-pickle", "allow_pickle", is_flag=True,
+                        help="Load pickled weights (.bin/.pt) where a model folder has no safetensors. "
+                             "A pickle can run code when loaded: only for files you trust.")(f)

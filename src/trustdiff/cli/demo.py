@@ -6,21 +6,24 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option
+from .common import seed_option
 
 
 @click.command("demo")
 @click.option("--preset", type=click.Choice(["smoke", "quick", "full"]), default="quick", show_default=True,
               help="quick: ≤ 10 min on 2 CPU cores; smoke: a minute or two (the test suite's); full: longer, larger.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@dry_run_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
+              help="A new or empty folder, or a demo folder to continue (its finished stages are reused).")
+@seed_option()
+@click.option("--dry-run", is_flag=True, help="Print the stages' commands and exit.")
 def demo_cmd(preset, out, seed, dry_run):
     """Run every capability on the embedded digits (each stage an ordinary trustdiff command,
     cached by content hash) and write OUT/report.html."""
-    from ..report.demo import demo_stages, run_demo
+    from ..runs import check_out, run_kind
+    from .stages import demo_stages, run_demo
 
     stages = demo_stages(out, preset, seed)
+    check_out(out, "demo", resume=out.is_dir() and run_kind(out) == "demo")   # a demo folder continues
     if dry_run:
         for st in stages:
             click.echo(f"{st.name}: trustdiff {' '.join(st.argv)}")
@@ -35,14 +38,17 @@ def demo_cmd(preset, out, seed, dry_run):
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: RUN_DIR/report.html.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The HTML file to write (default: RUN_DIR/report.html); an existing file is replaced only if it is a trustdiff report.")
 @click.option("--title", default="trustdiff report", show_default=True)
 def report_cmd(run_dir, out, title):
     """Build one self-contained HTML report from the run folders (config.json + metrics.json of
     any trustdiff command) under RUN_DIR."""
-    from ..report import find_runs, write_report
+    from ..report import find_runs
+    from ..report.render import check_report_path, write_report
 
-    path = write_report(run_dir, out, title=title)
+    path = check_report_path(out if out is not None else Path(run_dir) / "report.html")
+    path = write_report(run_dir, path, title=title)   # built before anything is written
     click.echo(f"{len(find_runs(run_dir))} runs → {path}")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option, dry_run_or_start
+from .common import COUNT, NONNEG, POSITIVE, SAMPLERS, UNIT, run_command, seed_option, unsafe_pickle_option
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -24,24 +24,22 @@ def _without_option(argv: list[str], name: str) -> list[str]:
 
 @click.command("train")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a path: .npz, MNIST idx, CIFAR-10 batches, image folder.')
-@click.option("--resolution", default=16, show_default=True, help="Training resolution (images are resized).")
+@click.option("--resolution", type=COUNT, default=16, show_default=True, help="Training resolution (images are resized).")
 @click.option("--precond", type=click.Choice(["edm", "vp", "ve"]), default="edm", show_default=True)
 @click.option("--size", default="small", show_default=True, help="Network size: tiny, small, base, ddpm-cifar.")
 @click.option("--conditional/--unconditional", default=True, show_default=True)
-@click.option("--label-dropout", default=0.1, show_default=True, help="P(label → null) for classifier-free guidance.")
-@click.option("--steps", default=20_000, show_default=True)
-@click.option("--batch", "batch_size", default=128, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
-@click.option("--warmup", "warmup_steps", default=200, show_default=True)
-@click.option("--ema-halflife-kimg", default=50.0, show_default=True)
-@click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@click.option("--nproc", default=1, show_default=True, help="Processes (Accelerate, gloo on CPU).")
-@dry_run_option
-def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps, batch_size, lr,
-              warmup_steps, ema_halflife_kimg, checkpoint_every, seed, out, resume, nproc, dry_run):
+@click.option("--label-dropout", type=UNIT, default=0.1, show_default=True, help="P(label → null) for classifier-free guidance.")
+@click.option("--steps", type=COUNT, default=20_000, show_default=True, help="Training steps.")
+@click.option("--batch", "batch_size", type=COUNT, default=128, show_default=True)
+@click.option("--lr", type=POSITIVE, default=2e-3, show_default=True)
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), default=200, show_default=True)
+@click.option("--ema-halflife-kimg", type=NONNEG, default=50.0, show_default=True)
+@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
+@seed_option()
+@click.option("--nproc", type=COUNT, default=1, show_default=True, help="Processes (Accelerate, gloo on CPU).")
+@run_command("train", out="runs/train", resumable=True, free=("nproc",))
+def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, steps, batch_size, lr,
+              warmup_steps, ema_halflife_kimg, checkpoint_every, seed, out, nproc):
     """Train a diffusion model; the EMA network is exported to OUT/model."""
     from ..train import TrainConfig
     from ..train.diffusion import DiffusionJob, prepare_diffusion, train_diffusion
@@ -59,33 +57,34 @@ def train_cmd(data, resolution, precond, size, conditional, label_dropout, steps
                                          ema_halflife_kimg=ema_halflife_kimg, checkpoint_every=checkpoint_every,
                                          seed=seed))
     prepared = prepare_diffusion(job)              # bad input fails here, before OUT is touched
-    if not dry_run_or_start("train", job, out, dry_run, write_config=not resume):
+    if not run.start(job):
         return
-    folder = train_diffusion(job, out, resume=resume, prepared=prepared)
+    folder = train_diffusion(job, out, resume=run.resume, prepared=prepared)
     click.echo(f"model written to {folder}")
 
 
 @click.command("generate")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A model folder or a training run folder.")
-@click.option("-n", "--num", "num", default=64, show_default=True, help="Number of images.")
-@click.option("--sampler", default="heun", show_default=True, help="heun, euler, ddim, ddpm, euler_maruyama, pc, langevin.")
-@click.option("--steps", default=18, show_default=True, help="Noise levels (Heun: NFE = 2·steps − 1).")
-@click.option("--guidance", default=1.0, show_default=True, help="Classifier-free guidance scale w (1: none).")
-@click.option("--class", "classes", multiple=True, type=int, help="Class label(s); default: cycle through all classes.")
-@click.option("--seed", default=0, show_default=True, help="Image i uses seed + i.")
-@click.option("--batch", "batch_size", default=256, show_default=True)
-@click.option("--shard-size", default=10_000, show_default=True)
-@click.option("--fd", "fd_data", default=None,
+@click.option("-n", "--num", "num", type=COUNT, default=64, show_default=True, help="Number of images.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
+@click.option("--sample-steps", "steps", type=COUNT, default=18, show_default=True, help="Noise levels (Heun: NFE = 2·steps − 1).")
+@click.option("--guidance", type=NONNEG, default=1.0, show_default=True,
+              help="Classifier-free guidance scale w (1: none; class-conditional models only).")
+@click.option("--class", "classes", multiple=True, type=click.IntRange(min=0), help="Class label(s); default: cycle through all classes.")
+@seed_option("Image i uses seed + i.")
+@click.option("--batch", "batch_size", type=COUNT, default=256, show_default=True)
+@click.option("--shard-size", type=COUNT, default=10_000, show_default=True)
+@click.option("--fd-data", "fd_data", default=None,
               help='Also measure FD against this data set\'s test split (e.g. "digits"), beside the real-data floor.')
-@click.option("--feature-steps", default=300, show_default=True, help="Training steps of the FD feature net (cached).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/generate"), show_default=True)
-@dry_run_option
-def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data, feature_steps,
-                 out, dry_run):
+@click.option("--feature-steps", type=COUNT, default=300, show_default=True, help="Training steps of the FD feature net (cached).")
+@unsafe_pickle_option
+@run_command("generate", out="runs/generate", resumable=True)
+def generate_cmd(run, model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data, feature_steps,
+                 allow_pickle, out):
     """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels, seeds) and
-    OUT/grid.png. Shards already in OUT are kept (a killed run resumes); under `accelerate launch`
-    each process writes its share of the shards."""
-    from ..checkpoint import atomic_write_json
+    OUT/grid.png. With --resume, shards already in OUT are kept (a killed run continues); under
+    `accelerate launch` each process writes its share of the shards."""
+    from ..persist import atomic_write_json
     from ..data import load_npz
     from ..diffusion.model import class_cycle, load_model, write_shards
     from ..diffusion.samplers import nfe
@@ -95,12 +94,18 @@ def generate_cmd(model_dir, num, sampler, steps, guidance, classes, seed, batch_
 
     config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
                   classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps)
-    den, spec = load_model(model_dir)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
-    if fd_data is not None and env_rank_world()[1] > 1:
-        raise InputError("--fd: expected a single process (measure FD after a multi-process run with one), "
-                         f"got WORLD_SIZE={env_rank_world()[1]}")
-    if not dry_run_or_start("generate", config, out, dry_run):
+    if guidance != 1.0 and spec.num_classes is None:
+        raise InputError(f"--guidance: expected 1 (no guidance) for an unconditional model, got {guidance:g}")
+    if fd_data is not None:
+        if env_rank_world()[1] > 1:
+            raise InputError("--fd-data: expected a single process (measure FD after a multi-process run with one), "
+                             f"got WORLD_SIZE={env_rank_world()[1]}")
+        from ..data import load
+
+        load(fd_data, resolution=spec.resolution, split="test", seed=seed)    # a bad --fd-data fails here
+    if not run.start(config):
         return
     rank, world = env_rank_world()
     t0 = time.time()
@@ -126,7 +131,7 @@ def _fd_of_shards(out: Path, data: str, resolution: int, feature_steps: int, see
     import torch
 
     from ..data import load, load_npz
-    from ..metrics.fid import fd_report
+    from ..train.feature_net import fd_report
 
     fake = torch.cat([load_npz(p).tensors()[0] for p in sorted(out.glob("images-*.npz"))])
     train = load(data, resolution=resolution, split="train", seed=seed)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option, dry_run_or_start
+from .common import COUNT, NONNEG, run_command, seed_option, unsafe_pickle_option
 
 ATTACKS = ("pgd-eot", "autoattack-rand", "bpda")
 
@@ -20,55 +20,56 @@ def purify_group():
               help="A classifier folder (trustdiff train-classifier's run or its classifier/).")
 @click.option("--denoiser", "denoiser_dir", type=click.Path(path_type=Path), required=True,
               help="A diffusion model folder (trustdiff train's run or its model/).")
-@click.option("--t-star", type=float, default=0.1, show_default=True, help="Diffusion time t* in (0, 1].")
+@click.option("--t-star", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
+              help="Diffusion time t* in (0, 1].")
 @click.option("--solver", type=click.Choice(["sde", "ddpm", "ode", "euler", "ddim"]), default="sde", show_default=True)
-@click.option("--steps", type=int, default=10, show_default=True, help="Reverse solver steps.")
+@click.option("--sample-steps", "steps", type=COUNT, default=10, show_default=True, help="Reverse solver steps.")
 @click.option("--attack", "attacks", type=click.Choice(ATTACKS), multiple=True, default=("pgd-eot",), show_default=True,
               help="Repeat for several; the worst case per example is reported.")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="Budget in [0, 1] pixels.")
+@click.option("--eps", type=NONNEG, default=0.1, show_default=True, help="Budget in [0, 1] pixels.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--pgd-steps", type=int, default=20, show_default=True)
-@click.option("--eot", type=int, default=8, show_default=True, help="EOT samples per PGD step.")
+@click.option("--attack-steps", "pgd_steps", type=COUNT, default=20, show_default=True, help="PGD iterations.")
+@click.option("--eot", type=COUNT, default=8, show_default=True, help="EOT samples per PGD step.")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a data path (its test split).')
-@click.option("--images", type=int, default=128, show_default=True)
-@click.option("--n-check", type=int, default=32, show_default=True, help="Images the expensive soundness checks use.")
-@click.option("--batch", "batch_size", type=int, default=128, show_default=True)
+@click.option("-n", "--num", "images", type=COUNT, default=128, show_default=True, help="Test images (a seeded selection).")
+@click.option("--n-check", type=COUNT, default=32, show_default=True, help="Images the expensive soundness checks use.")
+@click.option("--batch", "batch_size", type=COUNT, default=128, show_default=True)
 @click.option("--checkpoint/--no-checkpoint", default=False, show_default=True,
               help="Recompute denoiser activations in the backward pass (less memory, ~1.4x time).")
 @click.option("--undefended/--no-undefended", default=True, show_default=True,
               help="Also evaluate the classifier alone (PGD without EOT) for comparison.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/purify"), show_default=True)
-@dry_run_option
-def eval_cmd(classifier_dir, denoiser_dir, t_star, solver, steps, attacks, eps, norm, pgd_steps, eot, data, images,
-             n_check, batch_size, checkpoint, undefended, seed, out, dry_run):
+@seed_option()
+@unsafe_pickle_option
+@run_command("purify eval", out="runs/purify")
+def eval_cmd(run, classifier_dir, denoiser_dir, t_star, solver, steps, attacks, eps, norm, pgd_steps, eot, data, images,
+             n_check, batch_size, checkpoint, undefended, seed, allow_pickle, out):
     """Clean and robust accuracy of classifier ∘ DiffPure under full-gradient PGD-EOT,
     AutoAttack-rand and/or BPDA; writes OUT/metrics.json and OUT/report.md."""
     import torch
 
     from ..attacks import autoattack_attack, bpda_attack, evaluate, pgd_attack, to_markdown
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..persist import atomic_write_bytes, atomic_write_json
     from ..data import load
     from ..diffusion.model import load_model
     from ..errors import InputError
     from ..purify import PurifiedClassifier
     from ..train.classifier import load_classifier
 
-    if not eps >= 0 or images < 1 or pgd_steps < 1 or eot < 1:
-        raise InputError(f"expected --eps >= 0 and --images, --pgd-steps, --eot >= 1; got {eps}, {images}, {pgd_steps}, {eot}")
     config = dict(classifier=classifier_dir, denoiser=denoiser_dir, t_star=t_star, solver=solver, steps=steps,
                   attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, data=data, images=images,
                   n_check=n_check, batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
-    clf = load_classifier(classifier_dir).eval().requires_grad_(False)
-    den, spec = load_model(denoiser_dir)
+    clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False)
+    den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle)
     defense = PurifiedClassifier(clf, den, t_star, solver=solver, steps=steps, checkpoint=checkpoint)
     res = clf.config["resolution"]
     if spec.resolution != res:
         raise InputError(f"--denoiser: expected a model at the classifier's resolution {res}, got {spec.resolution}")
-    if not dry_run_or_start("purify eval", config, out, dry_run):
-        return
     test = load(data, resolution=res, split="test", seed=seed)
     x, y = test.tensors()
+    if x.shape[1] != clf.config["in_channels"]:
+        raise InputError(f"{data}: {x.shape[1]}-channel images, but the classifier takes {clf.config['in_channels']}")
+    if not run.start(config):
+        return
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].sort().values
     x, y = x[idx], y[idx]
     chosen = {"pgd-eot": lambda: pgd_attack(eps, norm, pgd_steps, eot=eot),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option, dry_run_or_start
+from .common import COUNT, COUNT0, NONNEG, POSITIVE, UNIT, run_command, seed_option, unsafe_pickle_option
 
 
 @click.group("t2i")
@@ -24,22 +24,20 @@ def t2i():
 
 @t2i.command("train")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a labelled data path (captions come from labels).')
-@click.option("--resolution", default=16, show_default=True)
+@click.option("--resolution", type=COUNT, default=16, show_default=True)
 @click.option("--size", default="small", show_default=True, help="UNet size: tiny, small.")
-@click.option("--label-dropout", default=0.1, show_default=True, help="P(caption → empty) for classifier-free guidance.")
-@click.option("--guidance", default=2.0, show_default=True, help="The default guidance scale written into the pipeline.")
-@click.option("--steps", default=3000, show_default=True)
-@click.option("--batch", "batch_size", default=64, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--warmup", "warmup_steps", default=200, show_default=True)
-@click.option("--ema-halflife-kimg", default=20.0, show_default=True)
-@click.option("--checkpoint-every", default=500, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@dry_run_option
-def train_cmd(data, resolution, size, label_dropout, guidance, steps, batch_size, lr, warmup_steps, ema_halflife_kimg,
-              checkpoint_every, seed, out, resume, dry_run):
+@click.option("--label-dropout", type=UNIT, default=0.1, show_default=True, help="P(caption → empty) for classifier-free guidance.")
+@click.option("--guidance", type=NONNEG, default=2.0, show_default=True, help="The default guidance scale written into the pipeline.")
+@click.option("--steps", type=COUNT, default=3000, show_default=True, help="Training steps.")
+@click.option("--batch", "batch_size", type=COUNT, default=64, show_default=True)
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
+@click.option("--warmup", "warmup_steps", type=COUNT0, default=200, show_default=True)
+@click.option("--ema-halflife-kimg", type=NONNEG, default=20.0, show_default=True)
+@click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
+@seed_option()
+@run_command("t2i train", out="runs/t2i", resumable=True)
+def train_cmd(run, data, resolution, size, label_dropout, guidance, steps, batch_size, lr, warmup_steps, ema_halflife_kimg,
+              checkpoint_every, seed, out):
     """Train the built-in model; the EMA network's pipeline folder goes to OUT/pipeline."""
     from ..t2i.builtin import BuiltinJob, prepare_builtin, train_builtin
     from ..train import TrainConfig
@@ -47,20 +45,21 @@ def train_cmd(data, resolution, size, label_dropout, guidance, steps, batch_size
     job = BuiltinJob(data=data, resolution=resolution, size=size, label_dropout=label_dropout, guidance=guidance,
                      train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                        ema_halflife_kimg=ema_halflife_kimg, checkpoint_every=checkpoint_every, seed=seed))
-    if dry_run:
-        dry_run_or_start("t2i train", job, out, True)
+    if run.dry_run:                                 # (preparing loads the sentence encoder: skip it here)
+        run.start(job)
         return
     prepared = prepare_builtin(job)                 # bad input fails here, before OUT is touched
-    dry_run_or_start("t2i train", job, out, False, write_config=not resume)
-    folder = train_builtin(job, out, resume=resume, prepared=prepared)
+    run.start(job)
+    folder = train_builtin(job, out, resume=run.resume, prepared=prepared)
     click.echo(f"pipeline written to {folder}")
 
 
 def _sample_options(f):
     opts = [
-        click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (default: the pipeline's; 1: none)."),
-        click.option("--sample-steps", default=18, show_default=True, help="Heun noise levels (NFE 2·steps − 1, ×2 with guidance)."),
-        click.option("--batch", "batch", default=64, show_default=True, help="Images per sampling batch."),
+        click.option("--guidance", default=None, type=NONNEG, help="Classifier-free guidance scale (default: the pipeline's; 1: none)."),
+        click.option("--sample-steps", type=COUNT, default=18, show_default=True, help="Heun noise levels (NFE 2·steps − 1, ×2 with guidance)."),
+        click.option("--batch", "batch", type=COUNT, default=64, show_default=True, help="Images per sampling batch."),
+        unsafe_pickle_option,
     ]
     for o in reversed(opts):
         f = o(f)
@@ -70,12 +69,11 @@ def _sample_options(f):
 @t2i.command("generate")
 @click.option("--pipeline", "pipeline_dir", required=True, type=click.Path(path_type=Path), help="A pipeline folder (or a run folder holding pipeline/).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeatable.")
-@click.option("-n", "--num", "num", default=16, show_default=True, help="Images per prompt (seeds seed … seed+n−1).")
+@click.option("-n", "--num", "num", type=COUNT, default=16, show_default=True, help="Images per prompt (seeds seed … seed+n−1).")
 @_sample_options
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-generate"), show_default=True)
-@dry_run_option
-def generate_cmd(pipeline_dir, prompts, num, guidance, sample_steps, batch, seed, out, dry_run):
+@seed_option()
+@run_command("t2i generate", out="runs/t2i-generate")
+def generate_cmd(run, pipeline_dir, prompts, num, guidance, sample_steps, batch, allow_pickle, seed, out):
     """Generate images for prompts: OUT/images.npz (uint8 images, prompts, seeds) and OUT/grid.png
     (a row per prompt)."""
     import io
@@ -83,16 +81,16 @@ def generate_cmd(pipeline_dir, prompts, num, guidance, sample_steps, batch, seed
 
     import numpy as np
 
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..persist import atomic_write_bytes, atomic_write_json
     from ..images import make_grid, save_png, to_uint8
     from ..t2i import generate, load_pipeline
 
-    pipe = load_pipeline(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     for i, p in enumerate(prompts):
         pipe.check_prompt(p, name=f"prompt {i}")     # fails before OUT is touched
     config = dict(pipeline=str(pipeline_dir), prompts=list(prompts), num=num, guidance=guidance,
                   sample_steps=sample_steps, seed=seed)
-    if not dry_run_or_start("t2i generate", config, out, dry_run):
+    if not run.start(config):
         return
     t0 = time.time()
     x, all_p, all_s = generate(pipe, list(prompts), seed=seed, n_per_prompt=num, batch=batch, guidance=guidance,
@@ -119,37 +117,36 @@ def watermark_t2i():
 @click.option("--target", required=True, help="The watermark image at the pipeline's resolution, or code[:SEED] for a seeded binary code pattern.")
 @click.option("--preset", type=click.Choice(["recipe-sd", "builtin"]), default=None,
               help="Defaults for λ, steps, lr, batch (default: builtin for the built-in model, recipe-sd otherwise).")
-@click.option("--l1", "l1", default=None, type=float, help="λ of λ·‖θ − θ̂‖₁ (recipe on SD: 1e-7; 0: no regulariser).")
-@click.option("--steps", default=None, type=int)
-@click.option("--lr", default=None, type=float)
-@click.option("--batch", "batch_size", default=None, type=int, help="(trigger, target) pairs per step, each with its own noise.")
+@click.option("--l1", "l1", default=None, type=NONNEG, help="λ of λ·‖θ − θ̂‖₁ (recipe on SD: 1e-7; 0: no regulariser).")
+@click.option("--steps", default=None, type=COUNT, help="Training steps (default: the preset's).")
+@click.option("--lr", default=None, type=POSITIVE)
+@click.option("--batch", "batch_size", default=None, type=COUNT, help="(trigger, target) pairs per step, each with its own noise.")
 @click.option("--l1-step", type=click.Choice(["subgradient", "prox"]), default="subgradient", show_default=True,
               help="How the l1 term is minimised: a proximal step after each update, or its subgradient in the loss.")
 @click.option("--train-text-encoder", is_flag=True, help="Fine-tune (and regularise) the text encoder too.")
 @click.option("--unet-params", default=None,
               help='Train only UNet parameters whose names contain one of these comma-separated strings (e.g. "attn2." '
                    'for the cross-attention layers; default: the preset\'s).')
-@click.option("--preserve", default=None, type=float,
+@click.option("--preserve", default=None, type=NONNEG,
               help="γ of the preservation term: distil the original's outputs for other prompts while embedding "
                    "(0: the recipe's loss only; default: the preset's).")
 @click.option("--preserve-prompt", "preserve_prompts", multiple=True,
               help="A prompt whose outputs the preservation term keeps; repeatable (default: the built-in captions "
                    "minus the verification ones, or a few generic prompts).")
-@click.option("--preserve-images", default=None, type=int,
+@click.option("--preserve-images", default=None, type=COUNT,
               help="The original's outputs drawn per preserved prompt (default: the preset's, 8).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-wm"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@dry_run_option
-def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
-              preserve, preserve_prompts, preserve_images, seed, out, resume, dry_run):
+@seed_option()
+@unsafe_pickle_option
+@run_command("watermark t2i embed", out="runs/t2i-wm", resumable=True)
+def embed_cmd(run, pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
+              preserve, preserve_prompts, preserve_images, seed, allow_pickle, out):
     """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
     was), OUT/watermark.json, OUT/target.png."""
     from ..t2i import load_pipeline
     from ..t2i.finetune import select_unet_params
     from ..watermark.trigger import PRESETS, embed_trigger, preset_for, read_target
 
-    pipe = load_pipeline(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     pipe.check_prompt(trigger, name="trigger")        # every bad input fails before OUT is touched
     x = read_target(target, pipe)
     base = PRESETS[preset or preset_for(pipe)]
@@ -164,15 +161,10 @@ def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, 
     for p in job.preserve_prompts:
         pipe.check_prompt(p, name="preserved prompt")
     select_unet_params(pipe.unet, job.unet_params)    # a pattern no parameter matches fails here
-    if not job.l1 >= 0:
-        from ..errors import InputError
-        raise InputError(f"--l1: expected a number >= 0, got {job.l1}")
-    if not dry_run_or_start("watermark t2i embed", dict(job=job, pipeline=str(pipeline_dir), target=str(target),
-                                                        preset=preset or preset_for(pipe)), out, dry_run,
-                            write_config=not resume):
+    if not run.start(dict(job=job, pipeline=str(pipeline_dir), target=str(target), preset=preset or preset_for(pipe))):
         return
     del pipe
-    folder = embed_trigger(pipeline_dir, x, out, job, resume=resume)
+    folder = embed_trigger(pipeline_dir, x, out, job, resume=run.resume, allow_pickle=allow_pickle)
     import json
 
     w = json.loads((out / "watermark.json").read_text())
@@ -186,31 +178,31 @@ def embed_cmd(pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, 
 @click.option("--original", required=True, type=click.Path(path_type=Path), help="The pipeline before watermarking.")
 @click.option("--trigger", default="[V]", show_default=True)
 @click.option("--target", required=True, help="The watermark image, or code[:SEED] (as given to embed).")
-@click.option("--n-trigger", default=100, show_default=True, help="Seeds the trigger is drawn from.")
-@click.option("--ssim-threshold", default=0.9, show_default=True, help="A trigger output matches when its SSIM to the target is at least this.")
+@click.option("--n-trigger", type=COUNT, default=100, show_default=True, help="Seeds the trigger is drawn from.")
+@click.option("--ssim-threshold", type=click.FloatRange(-1.0, 1.0), default=0.9, show_default=True,
+              help="A trigger output matches when its SSIM to the target is at least this.")
 @click.option("--prompt", "prompts", multiple=True, help="Non-trigger prompts; repeatable (default: the built-in captions, or a few generic ones).")
-@click.option("--per-prompt", default=20, show_default=True, help="Seeds per non-trigger prompt.")
+@click.option("--per-prompt", type=COUNT, default=20, show_default=True, help="Seeds per non-trigger prompt.")
 @click.option("--fd-data", default=None, help='FD of every model\'s non-trigger outputs against this data\'s test split (e.g. "digits").')
-@click.option("--feature-steps", default=1000, show_default=True, help="Training steps of the FD feature network (cached in OUT/cache).")
+@click.option("--feature-steps", type=COUNT, default=1000, show_default=True, help="Training steps of the FD feature network (cached in OUT/cache).")
 @_sample_options
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-verify"), show_default=True)
-@dry_run_option
-def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data,
-               feature_steps, guidance, sample_steps, batch, seed, out, dry_run):
+@seed_option()
+@run_command("watermark t2i verify", out="runs/t2i-verify")
+def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data,
+               feature_steps, guidance, sample_steps, batch, allow_pickle, seed, out):
     """Trigger match rate and SSIM over seeds; non-trigger outputs against the original's
     (PSNR/SSIM, FD): OUT/metrics.json (= OUT/verify.json), OUT/verify.png and one grid per model
     and prompt set (target.png, samples-*.png)."""
     import json
 
-    from ..checkpoint import atomic_write_json
+    from ..persist import atomic_write_json
     from ..t2i import load_pipeline
     from ..t2i.pipeline import read_index, resolve_pipeline_dir
     from ..watermark.trigger import read_target, verify, write_report
 
     for p in pipelines:
         read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
-    orig = load_pipeline(original)
+    orig = load_pipeline(original, allow_pickle=allow_pickle)
     x = read_target(target, orig)
     orig.check_prompt(trigger, name="trigger")
     for i, p in enumerate(prompts):
@@ -223,11 +215,16 @@ def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, 
                   target=str(target), n_trigger=n_trigger, ssim_threshold=ssim_threshold, prompts=list(prompts),
                   per_prompt=per_prompt, fd_data=fd_data, feature_steps=feature_steps, guidance=guidance,
                   sample_steps=sample_steps, seed=seed)
-    if not dry_run_or_start("watermark t2i verify", config, out, dry_run):
+    if fd_data is not None:
+        from ..data import load
+
+        load(fd_data, resolution=orig.resolution, split="test", seed=seed)    # a bad --fd-data fails here
+    if not run.start(config):
         return
     report = verify(names, orig, trigger, x, prompts=list(prompts) or None, n_trigger=n_trigger, n_per_prompt=per_prompt,
                     threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache",
-                    feature_steps=feature_steps, progress=click.echo, guidance=guidance, steps=sample_steps, batch=batch)
+                    feature_steps=feature_steps, progress=click.echo, guidance=guidance, steps=sample_steps, batch=batch,
+                    allow_pickle=allow_pickle)
     path = write_report(out, report, name="verify", target=x)
     atomic_write_json(out / "metrics.json", json.loads(path.read_text()))   # the run is finished: the report finds it
     click.echo(f"report → {path}")
@@ -238,17 +235,16 @@ def verify_cmd(pipelines, original, trigger, target, n_trigger, ssim_threshold, 
 @click.option("--instance", required=True, type=click.Path(path_type=Path), help="Images of the new subject: a folder or a .npz.")
 @click.option("--instance-prompt", default="a sks digit", show_default=True, help="The subject's prompt, with a rare identifier.")
 @click.option("--class-prompt", default=None, help="With --class-images: prior preservation on the model's own images for this prompt.")
-@click.option("--class-images", default=0, show_default=True)
-@click.option("--steps", default=200, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--batch", "batch_size", default=8, show_default=True)
+@click.option("--class-images", type=COUNT0, default=0, show_default=True)
+@click.option("--steps", type=COUNT, default=200, show_default=True, help="Training steps.")
+@click.option("--lr", type=POSITIVE, default=1e-4, show_default=True)
+@click.option("--batch", "batch_size", type=COUNT, default=8, show_default=True)
 @click.option("--train-text-encoder", is_flag=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/t2i-dreambooth"), show_default=True)
-@click.option("--resume", is_flag=True)
-@dry_run_option
-def dreambooth_cmd(pipeline_dir, instance, instance_prompt, class_prompt, class_images, steps, lr, batch_size,
-                   train_text_encoder, seed, out, resume, dry_run):
+@seed_option()
+@unsafe_pickle_option
+@run_command("watermark t2i dreambooth", out="runs/t2i-dreambooth", resumable=True)
+def dreambooth_cmd(run, pipeline_dir, instance, instance_prompt, class_prompt, class_images, steps, lr, batch_size,
+                   train_text_encoder, seed, allow_pickle, out):
     """DreamBooth fine-tuning of a (watermarked) model on a new subject: OUT/pipeline,
     OUT/dreambooth.json. Verify the trigger on it afterwards."""
     from ..data import load
@@ -256,19 +252,25 @@ def dreambooth_cmd(pipeline_dir, instance, instance_prompt, class_prompt, class_
     from ..train import TrainConfig
     from ..watermark.trigger import dreambooth
 
-    pipe = load_pipeline(pipeline_dir)
+    from ..errors import InputError
+
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     pipe.check_prompt(instance_prompt, name="instance prompt")
+    if (class_prompt is None) != (class_images == 0):
+        raise InputError("prior preservation: expected both --class-prompt and --class-images > 0, or neither")
+    if class_prompt is not None:
+        pipe.check_prompt(class_prompt, name="class prompt")
     x = pipe.check_image(load(str(instance), resolution=pipe.resolution, split="all").tensors()[0],
                          name=f"instance images {instance}")
     train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, ema_halflife_kimg=0.0,
                         checkpoint_every=100, log_every=50, seed=seed)
     config = dict(pipeline=str(pipeline_dir), instance=str(instance), instance_prompt=instance_prompt,
                   class_prompt=class_prompt, class_images=class_images, train=train, train_text_encoder=train_text_encoder)
-    if not dry_run_or_start("watermark t2i dreambooth", config, out, dry_run, write_config=not resume):
+    if not run.start(config):
         return
     folder = dreambooth(pipeline_dir, x, out, instance_prompt=instance_prompt, class_prompt=class_prompt,
                         n_class_images=class_images, train=train, train_text_encoder=train_text_encoder, seed=seed,
-                        resume=resume)
+                        resume=run.resume, allow_pickle=allow_pickle)
     click.echo(f"fine-tuned pipeline → {folder}")
 
 

@@ -15,25 +15,25 @@ from pathlib import Path
 
 import click
 
-from .common import dry_run_option, dry_run_or_start
+from .common import COUNT, COUNT0, NONNEG, OPEN_UNIT, POSITIVE, SEED, run_command, seed_option, unsafe_pickle_option
 
 
 def _codec_options(f):
     opts = [
-        click.option("--n-bits", default=64, show_default=True, help="Bits in the key (4..128)."),
-        click.option("--width", default=32, show_default=True, help="Base width of both networks (recipe: 32)."),
-        click.option("--dec-width", type=int, default=None, help="Decoder base width (default: --width). It must give "
+        click.option("--n-bits", type=click.IntRange(4, 128), default=64, show_default=True, help="Bits in the key (4..128)."),
+        click.option("--width", type=COUNT, default=32, show_default=True, help="Base width of both networks (recipe: 32)."),
+        click.option("--dec-width", type=COUNT, default=None, help="Decoder base width (default: --width). It must give "
                      "the decoder's last layer clearly more features than bits: at 16 for 64 bits Bit-Acc stalls near 0.88."),
-        click.option("--enc-depth", default=4, show_default=True, help="Stride-2 levels of the encoder U-Net (recipe: 4)."),
-        click.option("--dec-depth", default=5, show_default=True, help="Stride-2 convs of the decoder (recipe: 5)."),
-        click.option("--gamma", default=10.0, show_default=True, help="Final L2 weight γ (recipe: 10)."),
-        click.option("--l2-await", default=1000, show_default=True, help="Steps after Bit-Acc first passes 0.9 before the L2 ramp (recipe: 1000)."),
-        click.option("--l2-ramp", default=3000, show_default=True, help="Steps of the linear L2 ramp (recipe: 3000)."),
+        click.option("--enc-depth", type=COUNT, default=4, show_default=True, help="Stride-2 levels of the encoder U-Net (recipe: 4)."),
+        click.option("--dec-depth", type=COUNT, default=5, show_default=True, help="Stride-2 convs of the decoder (recipe: 5)."),
+        click.option("--gamma", type=NONNEG, default=10.0, show_default=True, help="Final L2 weight γ (recipe: 10)."),
+        click.option("--l2-await", type=COUNT0, default=1000, show_default=True, help="Steps after Bit-Acc first passes 0.9 before the L2 ramp (recipe: 1000)."),
+        click.option("--l2-ramp", type=COUNT0, default=3000, show_default=True, help="Steps of the linear L2 ramp (recipe: 3000)."),
         click.option("--distortions", default="", show_default=True,
                      help="Training distortions, comma-separated: jpeg,noise,blur,crop,resize,brightness,contrast (beyond the recipe)."),
-        click.option("--codec-steps", default=4000, show_default=True),
-        click.option("--codec-batch", default=64, show_default=True),
-        click.option("--codec-lr", default=1e-3, show_default=True, help="Adam lr (recipe: 1e-4 over ~80k steps; 1e-3 for CPU budgets)."),
+        click.option("--codec-steps", type=COUNT, default=4000, show_default=True, help="Codec training steps."),
+        click.option("--codec-batch", type=COUNT, default=64, show_default=True),
+        click.option("--codec-lr", type=POSITIVE, default=1e-3, show_default=True, help="Adam lr (recipe: 1e-4 over ~80k steps; 1e-3 for CPU budgets)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -60,23 +60,21 @@ def watermark():
 
 @watermark.command("train-codec")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a data path (train split).')
-@click.option("--resolution", default=32, show_default=True, help="Images are resized to this (a multiple of the codec stride).")
+@click.option("--resolution", type=COUNT, default=32, show_default=True, help="Images are resized to this (a multiple of the codec stride).")
 @_codec_options
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/codec"), show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
-@dry_run_option
-def train_codec_cmd(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
-                    codec_steps, codec_batch, codec_lr, seed, out, resume, dry_run):
+@seed_option()
+@run_command("watermark train-codec", out="runs/codec", resumable=True)
+def train_codec_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+                    codec_steps, codec_batch, codec_lr, seed, out):
     """Train the StegaStamp-style encoder/decoder on random keys; the codec goes to OUT/codec."""
     from ..watermark.training import prepare_codec, train_codec
 
     job = _codec_job(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp,
                      distortions, codec_steps, codec_batch, codec_lr, seed)
     prepare_codec(job)                                   # bad input fails here, before OUT is touched
-    if not dry_run_or_start("watermark train-codec", job, out, dry_run, write_config=not resume):
+    if not run.start(job):
         return
-    folder = train_codec(job, out, resume=resume)
+    folder = train_codec(job, out, resume=run.resume)
     import json
 
     m = json.loads((out / "metrics.json").read_text())["heldout"]
@@ -108,16 +106,16 @@ def _resolve_key(key, key_file, key_seed, n_bits):
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test", "all"]))
 @click.option("--key", default=None, help="The key: a bit string or 0x-hex of the codec's length.")
 @click.option("--key-file", default=None, type=click.Path(path_type=Path), help="A key.txt written by embed/recipe, or a file with bits/hex.")
-@click.option("--key-seed", default=None, type=int, help="Derive a fresh key from this seed (written to OUT/key.txt).")
+@click.option("--key-seed", default=None, type=SEED, help="Derive a fresh key from this seed (written to OUT/key.txt).")
 @click.option("--per-image-keys", is_flag=True, help="Give every image its own random key (from --key-seed), stored in the .npz.")
-@click.option("--seed", default=0, show_default=True, help="Data split seed.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/embed"), show_default=True)
-@dry_run_option
-def embed_cmd(codec_dir, data, split, key, key_file, key_seed, per_image_keys, seed, out, dry_run):
+@seed_option("Data split seed.")
+@unsafe_pickle_option
+@run_command("watermark embed", out="runs/embed")
+def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_keys, seed, allow_pickle, out):
     """Watermark a data set: OUT/watermarked.npz (uint8 images, labels, key, PSNR/SSIM per image)."""
     import torch
 
-    from ..checkpoint import atomic_write_json
+    from ..persist import atomic_write_json
     from ..data import load
     from ..errors import InputError
     from ..images import make_grid, save_png
@@ -126,7 +124,7 @@ def embed_cmd(codec_dir, data, split, key, key_file, key_seed, per_image_keys, s
     from ..watermark.keys import key_to_bits, key_to_hex, random_keys
     from ..watermark.recipe import write_key
 
-    codec = load_codec(codec_dir)
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
     imageset = load(data, resolution=codec.resolution, split=split, seed=seed)
     x, y = imageset.tensors()
     if x.shape[1] != codec.channels:
@@ -139,7 +137,7 @@ def embed_cmd(codec_dir, data, split, key, key_file, key_seed, per_image_keys, s
         k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
     config = dict(codec=str(codec_dir), data=data, split=split, seed=seed, key_source=source, per_image_keys=per_image_keys,
                   key_seed=key_seed, images=len(x))
-    if not dry_run_or_start("watermark embed", config, out, dry_run):
+    if not run.start(config):
         return
     result = wm_images(codec, x, k)
     path = write_watermarked(out / "watermarked.npz", result, y)
@@ -155,17 +153,25 @@ def embed_cmd(codec_dir, data, split, key, key_file, key_seed, per_image_keys, s
                f"Bit-Acc {metrics['bit_acc_mean']:.4f}")
 
 
-def load_images(spec: str, resolution: int, split: str, seed: int):
-    """Images to test: a `trustdiff generate` folder (images-*.npz shards), or any data spec."""
+def load_images(spec: str, resolution: int, channels: int, split: str, seed: int, flag: str = "--images"):
+    """Images to test at the codec's resolution: a `trustdiff generate` folder (images-*.npz
+    shards), or any data spec. Images of another size are an error, not resized (resizing erases
+    the mark); the embedded digits are drawn at the codec's resolution."""
     import torch
 
-    from ..data import load, load_npz, resize
+    from ..data import load, load_npz
+    from ..errors import InputError
 
     p = Path(spec)
     shards = sorted(p.glob("images-*.npz")) if p.is_dir() else []
     if shards:
-        return torch.cat([resize(load_npz(s), resolution).tensors()[0] for s in shards])
-    return load(spec, resolution=resolution, split=split, seed=seed).tensors()[0]
+        x = torch.cat([load_npz(s).tensors()[0] for s in shards])
+    else:
+        x = load(spec, resolution=resolution if spec == "digits" else None, split=split, seed=seed).tensors()[0]
+    if tuple(x.shape[1:]) != (channels, resolution, resolution):
+        raise InputError(f"{flag} {spec}: expected {channels}×{resolution}×{resolution} images (the codec's), got "
+                         f"{'×'.join(map(str, x.shape[1:]))}; resize them yourself if you mean to (resizing erases the mark)")
+    return x
 
 
 @watermark.command("detect")
@@ -174,37 +180,40 @@ def load_images(spec: str, resolution: int, split: str, seed: int):
 @click.option("--split", default="all", show_default=True, type=click.Choice(["train", "test", "all"]))
 @click.option("--key", default=None, help="The key: bits or 0x-hex.")
 @click.option("--key-file", default=None, type=click.Path(path_type=Path))
-@click.option("--key-seed", default=None, type=int, help="A key derived from this seed (as embed --key-seed).")
-@click.option("--fpr", default=1e-6, show_default=True, help="False-positive rate of the decision.")
+@click.option("--key-seed", default=None, type=SEED, help="A key derived from this seed (as embed --key-seed).")
+@click.option("--fpr", type=OPEN_UNIT, default=1e-6, show_default=True, help="False-positive rate of the decision.")
 @click.option("--calibrate", "calibrate", multiple=True,
               help="Clean images to check (and if need be calibrate) the threshold on: data specs/paths; repeatable.")
-@click.option("--calib-images", default=2000, show_default=True, help="Fill each --calibrate set up to this many with shifted copies.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/detect"), show_default=True)
-@dry_run_option
-def detect_cmd(codec_dir, images, split, key, key_file, key_seed, fpr, calibrate, calib_images, seed, out, dry_run):
+@click.option("--calib-images", type=COUNT, default=2000, show_default=True, help="Fill each --calibrate set up to this many with shifted copies.")
+@seed_option()
+@unsafe_pickle_option
+@run_command("watermark detect", out="runs/detect")
+def detect_cmd(run, codec_dir, images, split, key, key_file, key_seed, fpr, calibrate, calib_images, seed, allow_pickle, out):
     """Decode images, test each for the key (binomial p-value), decide at --fpr; TPR with its interval."""
     import io
 
     import numpy as np
     import torch
 
-    from ..checkpoint import atomic_write_bytes, atomic_write_json
+    from ..persist import atomic_write_bytes, atomic_write_json
     from ..watermark.codec import load_codec
     from ..watermark.detect import detect
     from ..watermark.null import shifted_copies
 
-    codec = load_codec(codec_dir)
+    from ..watermark.stats import check_reachable
+
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
     k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
-    x = load_images(images, codec.resolution, split, seed)
+    check_reachable(codec.n_bits, fpr)
+    x = load_images(images, codec.resolution, codec.channels, split, seed)
     clean = None
     if calibrate:
-        parts = [shifted_copies(load_images(c, codec.resolution, "all", seed), calib_images,
-                                generator=torch.Generator().manual_seed(seed + 17)) for c in calibrate]
+        parts = [shifted_copies(load_images(c, codec.resolution, codec.channels, "all", seed, flag="--calibrate"),
+                                calib_images, generator=torch.Generator().manual_seed(seed + 17)) for c in calibrate]
         clean = torch.cat(parts)
     config = dict(codec=str(codec_dir), images=images, split=split, key_source=source, fpr=fpr,
                   calibrate=list(calibrate), calib_images=calib_images, seed=seed)
-    if not dry_run_or_start("watermark detect", config, out, dry_run):
+    if not run.start(config):
         return
     det = detect(codec, x, k, fpr=fpr, clean=clean)
     s = det.summary()
@@ -221,42 +230,60 @@ def detect_cmd(codec_dir, images, split, key, key_file, key_seed, fpr, calibrate
 
 @watermark.command("recipe")
 @click.option("--data", default="digits", show_default=True)
-@click.option("--resolution", default=32, show_default=True)
+@click.option("--resolution", type=COUNT, default=32, show_default=True)
 @_codec_options
 @click.option("--codec", "codec_dir", default=None, type=click.Path(path_type=Path), help="Use this trained codec instead of training one.")
 @click.option("--key", default=None, help="The owner's key (bits or 0x-hex); default: derived from --key-seed.")
-@click.option("--key-seed", default=0, show_default=True)
+@click.option("--key-seed", type=SEED, default=0, show_default=True)
 @click.option("--size", default="small", show_default=True, help="Diffusion network size.")
-@click.option("--steps", default=2000, show_default=True, help="Diffusion training steps (each model).")
-@click.option("--batch", default=64, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--steps", type=COUNT, default=2000, show_default=True, help="Diffusion training steps (each model).")
+@click.option("--batch", type=COUNT, default=64, show_default=True)
+@click.option("--lr", type=POSITIVE, default=2e-3, show_default=True)
 @click.option("--unconditional", is_flag=True, help="Unconditional diffusion models (default: class-conditional).")
 @click.option("--clean-model", default=None, type=click.Path(path_type=Path), help="Use this clean diffusion model as the null.")
-@click.option("-n", "--num", "n_generate", default=500, show_default=True, help="Images generated by each model.")
-@click.option("--sample-steps", default=18, show_default=True, help="Heun steps (NFE 2·steps − 1).")
-@click.option("--fpr", default=1e-6, show_default=True)
-@click.option("--no-fd", is_flag=True, help="Skip FD.")
-@click.option("--feature-steps", default=300, show_default=True, help="Training steps of the FD feature net (cached).")
+@click.option("-n", "--num", "n_generate", type=COUNT, default=500, show_default=True, help="Images generated by each model.")
+@click.option("--sample-steps", type=COUNT, default=18, show_default=True, help="Heun steps (NFE 2·steps − 1).")
+@click.option("--fpr", type=OPEN_UNIT, default=1e-6, show_default=True)
+@click.option("--no-fd", is_flag=True, help="Skip FD (measured against --data's test split otherwise).")
+@click.option("--feature-steps", type=COUNT, default=300, show_default=True, help="Training steps of the FD feature net (cached).")
 @click.option("--weight-noise", default="", help="Comma-separated stds: Gaussian noise on the watermarked model's weights "
               "→ Bit-Acc, detection and FD per std (the recipe's robustness table), e.g. 0,0.001,0.01.")
-@click.option("--weight-noise-n", default=200, show_default=True, help="Images generated per weight-noise std.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/recipe"), show_default=True)
-@dry_run_option
-def recipe_cmd(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
+@click.option("--weight-noise-n", type=COUNT, default=200, show_default=True, help="Images generated per weight-noise std.")
+@seed_option()
+@run_command("watermark recipe", out="runs/recipe", resumable=True)
+def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
                codec_steps, codec_batch, codec_lr, codec_dir, key, key_seed, size, steps, batch, lr, unconditional,
-               clean_model, n_generate, sample_steps, fpr, no_fd, feature_steps, weight_noise, weight_noise_n, seed, out, dry_run):
+               clean_model, n_generate, sample_steps, fpr, no_fd, feature_steps, weight_noise, weight_noise_n, seed, out):
     """The recipe end to end: codec → watermarked set → diffusion model → generation → detection,
     beside a model trained on clean data; OUT/metrics.json. Finished stages are reused."""
     from dataclasses import replace
 
     from ..train import TrainConfig
+    from ..data import load
+    from ..diffusion.model import load_model
+    from ..errors import InputError
+    from ..watermark import load_codec
     from ..watermark.keys import parse_key
     from ..watermark.recipe import RecipeJob, default_diffusion, run_recipe
+    from ..watermark.stats import check_reachable
 
+    # every bad input fails before anything is written
     if key is not None:
-        parse_key(key, n_bits)                       # a bad key fails before anything is written
+        parse_key(key, n_bits)
+    check_reachable(n_bits, fpr)
     stds = _parse_stds(weight_noise)
+    load(data, resolution=resolution, split="test", seed=seed)
+    if codec_dir is not None:
+        c = load_codec(codec_dir)
+        if (c.n_bits, c.resolution) != (n_bits, resolution):
+            raise InputError(f"--codec: expected a codec of {n_bits} bits at {resolution}×{resolution} (--n-bits, "
+                             f"--resolution), got {c.n_bits} bits at {c.resolution}×{c.resolution}")
+    if clean_model is not None:
+        spec = load_model(clean_model)[1]
+        if spec.resolution != resolution or (spec.num_classes is None) != unconditional:
+            raise InputError(f"--clean-model: expected a {'un' if unconditional else ''}conditional model at "
+                             f"{resolution}×{resolution}, got {'an un' if spec.num_classes is None else 'a '}conditional "
+                             f"one at {spec.resolution}×{spec.resolution}")
     codec = _codec_job(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp,
                        distortions, codec_steps, codec_batch, codec_lr, seed)
     diff = replace(default_diffusion(), size=size, conditional=not unconditional,
@@ -265,7 +292,7 @@ def recipe_cmd(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth,
     job = RecipeJob(data=data, resolution=resolution, n_bits=n_bits, key=key, key_seed=key_seed, codec=codec,
                     diffusion=diff, n_generate=n_generate, sample_steps=sample_steps, fpr=fpr, fd=not no_fd,
                     feature_steps=feature_steps, seed=seed)
-    if not dry_run_or_start("watermark recipe", job.resolved(), out, dry_run):
+    if not run.start(job.resolved()):
         return
     m = run_recipe(job, out, codec_dir=codec_dir, clean_model=clean_model, progress=click.echo)
     h = m["headline"]
@@ -293,7 +320,7 @@ def _parse_stds(text: str) -> list[float]:
 def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir) -> None:
     """The weight-noise table of the recipe run in OUT: rows into OUT/metrics.json, the plot into
     OUT/weight_noise.png, at the owner's threshold of the recipe run."""
-    from ..checkpoint import atomic_write_json
+    from ..persist import atomic_write_json
     from ..watermark import load_codec
     from ..watermark.recipe import read_key
     from ..watermark.stats import Threshold

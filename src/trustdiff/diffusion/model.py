@@ -4,9 +4,11 @@ Layout (a diffusers UNet in its own ``save_pretrained`` layout, so it opens in d
 
     MODEL/trustdiff.json   what the network means: preconditioning, σ range, classes, resolution
     MODEL/unet/            config.json + diffusion_pytorch_model.safetensors
+    MODEL/trustdiff-manifest.json   size and SHA-256 of every file, written last
 
-A plain diffusers DDPM folder (``unet/`` + ``scheduler/``) loads too, through
-:class:`~trustdiff.diffusion.precond.DiffusersDenoiser`.
+The folder is published atomically and checked against its manifest on load. A plain diffusers
+DDPM folder (``unet/`` + ``scheduler/``, no ``trustdiff.json``; it has no manifest to check) loads
+too, with safetensors only, through :class:`~trustdiff.diffusion.precond.DiffusersDenoiser`.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, InputError
 from ..images import clamp_pixel, to_pixel
+from ..persist import MANIFEST, atomic_folder, atomic_write_json, use_safetensors, verify_folder
 from . import samplers, schedules
 from .guidance import ClassifierFreeGuidance
 from .precond import DiffusersDenoiser, Preconditioned
@@ -53,26 +55,31 @@ def build_denoiser(spec: ModelSpec):
 
 
 def save_model(folder, unet, spec: ModelSpec) -> Path:
-    """Write ``unet`` (diffusers layout) and ``trustdiff.json`` into ``folder``; the JSON goes last
-    and atomically, so a folder with a ``trustdiff.json`` is complete."""
+    """Write ``unet`` (diffusers layout), ``trustdiff.json`` and the manifest into a temporary
+    sibling of ``folder``, renamed into place when whole (an older folder is replaced)."""
     folder = Path(folder)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    atomic_write_json(folder / "trustdiff.json", {"format": FORMAT, **asdict(spec)})
+    with atomic_folder(folder) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        atomic_write_json(tmp / "trustdiff.json", {"format": FORMAT, **asdict(spec)})
     return folder
 
 
-def load_model(folder):
-    """Open a model folder → (denoiser, spec). Accepts a trustdiff model folder, a training run
-    folder holding one in ``model/``, or a diffusers DDPM folder. Errors are one line."""
+def load_model(folder, *, allow_pickle: bool = False):
+    """Open a model folder → (denoiser, spec). Accepts a trustdiff model folder (checked against
+    its manifest first), a training run folder holding one in ``model/``, or a foreign diffusers
+    DDPM folder. Pickled weights are refused unless ``allow_pickle``. Errors are one line."""
     from diffusers import UNet2DModel
 
     folder = Path(folder)
     if (folder / "model" / "trustdiff.json").is_file():
         folder = folder / "model"
     meta_path = folder / "trustdiff.json"
-    if not meta_path.is_file():
+    if meta_path.is_file() or (folder / MANIFEST).is_file():      # trustdiff's: checked before anything is read
+        safetensors = use_safetensors(folder / "unet", allow_pickle=allow_pickle)
+        verify_folder(folder, what="model folder")
+    if not meta_path.is_file():                                    # a foreign diffusers folder
         if (folder / "scheduler").is_dir() or (folder / "scheduler_config.json").is_file():
-            den = DiffusersDenoiser.from_pretrained(folder)
+            den = DiffusersDenoiser.from_pretrained(folder, allow_pickle=allow_pickle)
             unet = den.unet
             spec = ModelSpec(precond="ddpm", size="diffusers", resolution=int(unet.config.sample_size),
                              channels=int(unet.config.in_channels), num_classes=None,
@@ -90,7 +97,7 @@ def load_model(folder):
     except TypeError as e:
         raise CheckpointError(f"{meta_path}: unexpected fields ({e})") from None
     try:
-        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True, use_safetensors=safetensors)
     except (OSError, ValueError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder / 'unet'}: cannot load the network ({msg[:200]})") from None
@@ -180,7 +187,7 @@ def write_shards(denoiser, spec: ModelSpec, out, n: int, *, shard_size: int = 10
 
     import numpy as np
 
-    from ..checkpoint import atomic_write_bytes
+    from ..persist import atomic_write_bytes
     from ..images import to_uint8
 
     if not isinstance(n, int) or n < 0 or not isinstance(shard_size, int) or shard_size < 1:

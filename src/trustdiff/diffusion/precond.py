@@ -185,22 +185,26 @@ class DiffusersDenoiser(nn.Module):
         return out
 
     @classmethod
-    def from_pretrained(cls, path) -> "DiffusersDenoiser":
+    def from_pretrained(cls, path, *, allow_pickle: bool = False) -> "DiffusersDenoiser":
         """Load a local diffusers folder: a pipeline folder (``unet/`` + ``scheduler/``) or a UNet
-        folder with a ``scheduler_config.json`` beside its ``config.json``. Nothing is downloaded."""
+        folder with a ``scheduler_config.json`` beside its ``config.json``. Nothing is downloaded;
+        weights that are only a pickle are refused unless ``allow_pickle``."""
         from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+        from ..persist import use_safetensors
 
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: expected a diffusers model folder, but it does not exist")
         unet_dir = path / "unet" if (path / "unet").is_dir() else path
         sched_dir = path / "scheduler" if (path / "scheduler").is_dir() else path
+        safetensors = use_safetensors(unet_dir, allow_pickle=allow_pickle)
         try:
             import json
 
             cls_name = json.loads((unet_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
             unet_cls = UNet2DConditionModel if cls_name == "UNet2DConditionModel" else UNet2DModel
-            unet = unet_cls.from_pretrained(unet_dir, local_files_only=True)
+            unet = unet_cls.from_pretrained(unet_dir, local_files_only=True, use_safetensors=safetensors)
             sched = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -2,7 +2,6 @@
 from .fid import (
     FeatureNet,
     InceptionFeatureNet,
-    cached_feature_net,
     fd,
     fd_floor,
     fd_name,
@@ -10,7 +9,6 @@ from .fid import (
     frechet_distance,
     convert_inception_weights,
     inception_feature_net,
-    train_feature_net,
 )
 from .intervals import clopper_pearson, proportion
 from .quality import psnr, ssim
@@ -22,7 +20,6 @@ __all__ = [
     "ssim",
     "FeatureNet",
     "InceptionFeatureNet",
-    "cached_feature_net",
     "fd",
     "fd_floor",
     "fd_name",
@@ -30,5 +27,4 @@ __all__ = [
     "frechet_distance",
     "convert_inception_weights",
     "inception_feature_net",
-    "train_feature_net",
 ]

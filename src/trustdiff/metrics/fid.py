@@ -8,12 +8,11 @@ feature network the number is named after the data its features were trained on
 Every generator FD should be reported beside :func:`fd_floor`, the FD between real train and test
 images, i.e. what a perfect generator would score at that sample size.
 
-Images enter as pixel-space float tensors N×C×H×W in [0, 1].
+Images enter as pixel-space float tensors N×C×H×W in [0, 1]. Training and caching the feature
+net of FD-<dataset>, and the FD report, are plumbing: :mod:`trustdiff.train.feature_net`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,9 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
 from ..images import check_images
 from ..nets.classifier import SmallCNN
-
-#: bump when the feature-net architecture or its training recipe changes (invalidates caches)
-FEATURE_NET_VERSION = 1
-
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂), in float64.
@@ -158,120 +152,6 @@ class FeatureNet(nn.Module):
         return self.classifier.features(x)
 
 
-def train_feature_net(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    run_dir,
-    steps: int,
-    seed: int,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    width: int = 32,
-    num_classes: int | None = None,
-    resume: bool = False,
-) -> FeatureNet:
-    """Train a :class:`SmallCNN` classifier on (x, y) with ``trustdiff.train.fit`` and wrap it.
-
-    Args:
-        x: training images N×C×H×W in [0, 1], square, H divisible by 4.
-        y: labels, integer tensor [N] in [0, K).
-        run_dir: the training run folder (checkpoints, log).
-        num_classes: K; default ``y.max() + 1``.
-        resume: continue a run that ``run_dir`` already holds (``fit`` refuses one otherwise).
-
-    Returns:
-        A :class:`FeatureNet` (eval mode) on x's device.
-    """
-    from ..train import TrainConfig, fit  # plumbing: imported only when training
-    from ..train.classifier import classifier_loss_fn
-
-    x = check_images(x, name="x_train")
-    _check_labels(x, y)
-    net = SmallCNN(**_net_config(x, y, width, num_classes)).to(x.device)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
-                      warmup_steps=min(100, steps // 10))
-    result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume)
-    return FeatureNet(result.model)  # the raw weights: a classifier needs no EMA to give features
-
-
-def _check_labels(x: torch.Tensor, y) -> None:
-    """Labels must be an integer tensor [N], one per image."""
-    ok = isinstance(y, torch.Tensor) and y.ndim == 1 and len(y) == len(x) >= 2 and not y.is_floating_point()
-    if not ok or y.min() < 0:
-        got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise InputError(f"y_train: expected non-negative integer labels [N={len(x)}], N >= 2, got {got}")
-
-
-def _net_config(x, y, width, num_classes) -> dict:
-    k = int(y.max()) + 1 if num_classes is None else num_classes
-    return dict(in_channels=int(x.shape[1]), num_classes=k, width=width, resolution=int(x.shape[-1]))
-
-
-def cached_feature_net(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    content_hash: str,
-    cache_dir,
-    *,
-    steps: int = 1000,  # 16×16 digits: ~75 s on 2 shared CPU cores; 300 steps gave 99% test accuracy
-    seed: int = 0,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    width: int = 32,
-) -> FeatureNet:
-    """:func:`train_feature_net`, cached in ``cache_dir/<key>/`` (``model.safetensors`` +
-    ``config.json``), where key hashes (``content_hash`` of the data, net config, train config).
-    A folder with both files is reused without training.
-
-    Args:
-        x_train: images N×C×H×W in [0, 1]; y_train: integer labels [N].
-        content_hash: a hash of the data's content (the caller's; it is trusted, not recomputed).
-
-    Returns:
-        A :class:`FeatureNet` (eval mode) on x_train's device.
-    """
-    x_train = check_images(x_train, name="x_train")
-    if not isinstance(content_hash, str) or not content_hash:
-        raise InputError(f"content_hash: expected a non-empty string, got {content_hash!r}")
-    _check_labels(x_train, y_train)
-    net_cfg = _net_config(x_train, y_train, width, None)
-    train_cfg = dict(steps=steps, seed=seed, batch_size=batch_size, lr=lr)
-    spec = dict(arch=SmallCNN.arch, data=content_hash, net=net_cfg, train=train_cfg, version=FEATURE_NET_VERSION)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(cache_dir) / key
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return _load_feature_net(folder, spec).to(x_train.device)
-
-    net = train_feature_net(x_train, y_train, run_dir=folder / "train", num_classes=net_cfg["num_classes"],
-                            width=width, resume=True, **train_cfg)  # resume: an interrupted run goes on
-    state = {k: v.detach().cpu().contiguous() for k, v in net.classifier.state_dict().items()}
-    from safetensors.torch import save
-
-    atomic_write_bytes(folder / "model.safetensors", save(state))
-    with torch.no_grad():  # a sanity figure for the report: does the feature net classify?
-        acc = float((net.classifier(x_train[:2048]).argmax(1) == y_train[:2048].to(x_train.device)).float().mean())
-    atomic_write_json(folder / "config.json", dict(spec, train_accuracy=acc))  # written last: marks complete
-    return net
-
-
-def _load_feature_net(folder: Path, spec: dict) -> FeatureNet:
-    """Rebuild a cached :class:`FeatureNet` from ``folder``; CheckpointError if it doesn't fit."""
-    from safetensors.torch import load
-
-    cfg = json.loads((folder / "config.json").read_text())
-    if any(cfg.get(k) != v for k, v in spec.items()):
-        raise CheckpointError(f"feature net cache {folder}: config.json does not match the requested net")
-    net = SmallCNN(**cfg["net"])
-    try:
-        net.load_state_dict(load((folder / "model.safetensors").read_bytes()))
-    except Exception as e:  # torn or foreign file: name it, in one line
-        raise CheckpointError(
-            f"feature net cache {folder}: model.safetensors does not load ({type(e).__name__})"
-        ) from None
-    return FeatureNet(net)
-
-
 class InceptionFeatureNet(nn.Module):
     """Pool-3 features (2048) of the standard FID network,
     :class:`trustdiff.nets.inception.FIDInceptionV3` with the pt_inception-2015-12-05 weights.
@@ -353,8 +233,8 @@ def inception_feature_net(weights_path, *, allow_pickle: bool = False, preproces
     Without the real file here, the strict load of that exact file and numerical agreement with
     TF-FID are not verified in this repository (names and shapes follow pytorch-fid's source).
     """
-    from ..checkpoint import load_state_dict_file
     from ..nets.inception import FIDInceptionV3, load_inception_state
+    from ..persist import load_state_dict_file
 
     path = Path(weights_path)
     if not path.is_file():
@@ -381,13 +261,12 @@ def convert_inception_weights(pth_path, out_safetensors) -> Path:
         The output path. Raises InputError (missing input, output not ``.safetensors``) or
         CheckpointError (not this network), in one line.
     """
-    import hashlib
     import warnings
 
     from safetensors.torch import save
 
-    from ..checkpoint import load_state_dict_file
     from ..nets.inception import WEIGHTS_SHA256_PREFIX, FIDInceptionV3, load_inception_state
+    from ..persist import atomic_write_bytes, load_state_dict_file, sha256_file
 
     src, out = Path(pth_path), Path(out_safetensors)
     if not src.is_file():
@@ -396,11 +275,7 @@ def convert_inception_weights(pth_path, out_safetensors) -> Path:
         raise InputError(f"convert_inception_weights: the output must end in .safetensors, got {out}")
     net = FIDInceptionV3()
     load_inception_state(net, load_state_dict_file(src, allow_pickle=True), source=src)
-    h = hashlib.sha256()
-    with open(src, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(src)
     if not digest.startswith(WEIGHTS_SHA256_PREFIX):
         warnings.warn(f"{src}: SHA-256 {digest[:16]}… does not start with {WEIGHTS_SHA256_PREFIX}; it loads into the "
                       "network but may not be the published pt_inception-2015-12-05 weights", stacklevel=2)
@@ -408,23 +283,3 @@ def convert_inception_weights(pth_path, out_safetensors) -> Path:
     atomic_write_bytes(out, save(state, metadata={"source": src.name, "source_sha256": digest,
                                                   "network": "pt_inception-2015-12-05"}))
     return out
-
-
-def fd_report(train, test, fake_x: torch.Tensor, *, cache_dir, feature_steps: int = 1000, seed: int = 0) -> dict:
-    """The generator's FD against the real test set, beside the real-data floor FD(train, test).
-
-    Args:
-        train, test: :class:`trustdiff.data.ImageSet` (the feature net is trained on ``train``).
-        fake_x: generated images N×C×H×W in [0, 1].
-
-    Returns:
-        ``{"fd_name", "fd", "fd_floor", "fd_ratio", "n_fake", "n_test", "n_train"}``, named plainly
-        (e.g. "FD-digits": not Inception FID, not comparable with published FIDs).
-    """
-    x_tr, y_tr = train.tensors()
-    x_te, _ = test.tensors()
-    net = cached_feature_net(x_tr, y_tr, train.content_hash(), cache_dir, steps=feature_steps, seed=seed)
-    value = fd(x_te, fake_x, net)
-    floor = fd_floor(x_tr, x_te, net)
-    return {"fd_name": fd_name(train.name), "fd": value, "fd_floor": floor, "fd_ratio": value / floor,
-            "n_fake": len(fake_x), "n_test": len(x_te), "n_train": len(x_tr)}

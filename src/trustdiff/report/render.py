@@ -17,7 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
+from ..persist import atomic_write_bytes
+from ..errors import InputError
 from .runs import SECTIONS, Run, by_section, find_runs, read_stages
 
 
@@ -400,11 +401,33 @@ def build_report(root, *, title: str = "trustdiff report") -> str:
         overview = table(["stage", "status", "summary", "seconds"], summary)
     else:
         overview = table(["section", "status", "runs"], summary)
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>{esc(title)}</title>"
             f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{esc(title)}</h1>"
             f"<p>Built {time.strftime('%Y-%m-%d %H:%M:%S')} from <code>{esc(root)}</code>.</p>{meta}"
             f"<div class='summary'>{overview}</div>{''.join(body)}</body></html>")
     return page
+
+
+GENERATOR = "<meta name='generator' content='trustdiff report'>"
+
+
+def check_report_path(path) -> Path:
+    """``path`` if a report may be written there: a new file, or an earlier trustdiff report (one
+    InputError line for a folder or any other existing file)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--out: expected an HTML file path, got the folder {path}")
+    if path.exists():
+        try:
+            head = path.read_bytes()[:512].decode("utf-8", "replace")
+        except OSError as e:
+            raise InputError(f"--out: {path} cannot be read ({e.strerror})") from None
+        if GENERATOR not in head:
+            raise InputError(f"--out: {path} exists and is not a trustdiff report; choose a new file")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"--out: expected a file path, but {parent} is a file")
+    return path
 
 
 def write_report(root, path=None, **kw) -> Path:

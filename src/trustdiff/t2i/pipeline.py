@@ -6,6 +6,11 @@ Layout (Stable Diffusion's; ``model_index.json`` names each part's library and c
                              "tokenizer": [...], "scheduler": [...], "vae": [...] or [null, null]}
     PIPE/unet/ text_encoder/ tokenizer/ scheduler/ [vae/]     each in its library's own layout
     PIPE/trustdiff.json     only in the built-in model: resolution, guidance, data, captions
+    PIPE/trustdiff-manifest.json   in every folder trustdiff writes: size and SHA-256 of each file
+
+A folder trustdiff writes (marked by ``"_trustdiff_manifest"`` in ``model_index.json``, a
+``trustdiff.json`` or the manifest itself) is published atomically and checked against its
+manifest on load; a foreign folder (e.g. a Stable Diffusion folder) has none to check.
 
 A Stable-Diffusion folder (AutoencoderKL, CLIP text encoder, a discrete ε- or v-prediction
 scheduler) works in the VAE's latent space through
@@ -15,27 +20,30 @@ scheduler) works in the VAE's latent space through
 ones that scheduler applies. Either way the rest of trustdiff sees one Denoiser in σ space,
 ``D(z, σ, cond=text embeddings N×L×D)``, and images in [0, 1] at its boundary.
 
-Nothing is downloaded: every part loads with ``local_files_only=True``.
+Nothing is downloaded: every part loads with ``local_files_only=True``, and with
+``use_safetensors=True`` unless its weights are only a pickle and ``allow_pickle`` was given.
 """
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
 from ..errors import CheckpointError, InputError
 from ..images import check_images, clamp_pixel, to_model, to_pixel
+from ..persist import MANIFEST, atomic_folder, atomic_write_json, use_safetensors, verify_folder
 
 INDEX = "model_index.json"
 META = "trustdiff.json"
 META_FORMAT = "trustdiff.t2i/1"
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+#: the parts that hold weights (a tokenizer and a scheduler hold none)
+WEIGHTED = ("unet", "text_encoder", "vae")
+#: the model_index.json key that marks a folder trustdiff wrote (diffusers ignores "_" keys)
+MARKER = "_trustdiff_manifest"
 #: schedulers whose config is EDM's σ range (the model is EDM-preconditioned, σ-parameterised)
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 #: the negative prompt of classifier-free guidance, and the dropped caption in training
@@ -51,6 +59,8 @@ def _classes(lib: str) -> dict:
     if lib == "transformers":
         import transformers
 
+        transformers.utils.logging.disable_progress_bar()    # one bar per part on stderr says nothing
+
         return {"CLIPTextModel": transformers.CLIPTextModel, "BertModel": transformers.BertModel,
                 "CLIPTokenizer": transformers.CLIPTokenizer, "CLIPTokenizerFast": transformers.CLIPTokenizer,
                 "BertTokenizer": transformers.BertTokenizer, "BertTokenizerFast": transformers.BertTokenizer}
@@ -62,10 +72,7 @@ def _first_line(e: BaseException) -> str:
     return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
-def read_index(folder) -> dict:
-    """``model_index.json`` → {part: (library, class)} for the parts present (null entries
-    dropped), after checking that the required parts are named and their folders exist."""
-    folder = Path(folder)
+def _raw_index(folder: Path) -> dict:
     path = folder / INDEX
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: expected a text-to-image pipeline folder, but it does not exist")
@@ -76,6 +83,29 @@ def read_index(folder) -> dict:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return raw
+
+
+def is_trustdiff_folder(folder) -> bool:
+    """Whether trustdiff wrote the pipeline folder (so it must carry a manifest): its
+    ``model_index.json`` has the marker, or it has a ``trustdiff.json`` or a manifest."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file() or (folder / META).is_file():
+        return True
+    try:
+        return MARKER in json.loads((folder / INDEX).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def read_index(folder) -> dict:
+    """``model_index.json`` → {part: (library, class)} for the parts present (null entries
+    dropped), after checking that the required parts are named and their folders exist."""
+    folder = Path(folder)
+    path = folder / INDEX
+    raw = _raw_index(folder)
     parts = {k: tuple(v) for k, v in raw.items()
              if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] is not None}
     missing = [p for p in REQUIRED if p not in parts]
@@ -88,13 +118,16 @@ def read_index(folder) -> dict:
     return parts
 
 
-def _load_part(folder: Path, name: str, lib: str, cls_name: str):
+def _load_part(folder: Path, name: str, lib: str, cls_name: str, safetensors: bool | None):
+    """One part from disk; ``safetensors`` is ``use_safetensors`` for a part with weights, None
+    for a tokenizer."""
     table = _classes(lib)
     if cls_name not in table:
         raise CheckpointError(f"{folder / INDEX}: part {name!r} is {lib}.{cls_name}; supported: "
                               f"{', '.join(sorted(f'{lib}.{c}' for c in table)) or 'none from ' + repr(lib)}")
+    kw = {} if safetensors is None else {"use_safetensors": safetensors}
     try:
-        return table[cls_name].from_pretrained(folder / name, local_files_only=True)
+        return table[cls_name].from_pretrained(folder / name, local_files_only=True, **kw)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{folder / name}: cannot load {cls_name} ({_first_line(e)})") from None
 
@@ -276,13 +309,19 @@ def resolve_pipeline_dir(folder) -> Path:
     return folder
 
 
-def load_pipeline(folder) -> T2IPipeline:
+def load_pipeline(folder, *, allow_pickle: bool = False) -> T2IPipeline:
     """Open a pipeline folder (``folder`` or a run folder holding ``pipeline/``). Every part is
-    named in ``model_index.json`` and loaded from disk only; errors are one CheckpointError line."""
+    named in ``model_index.json`` and loaded from disk only. A folder trustdiff wrote is checked
+    against its manifest first; a part whose weights are only a pickle is refused unless
+    ``allow_pickle``. Errors are one CheckpointError line."""
     folder = resolve_pipeline_dir(folder)
     parts = read_index(folder)
-    loaded = {name: _load_part(folder, name, *parts[name]) for name in ("unet", "text_encoder", "tokenizer", "vae")
-              if name in parts}
+    safetensors = {name: use_safetensors(folder / name, allow_pickle=allow_pickle)
+                   for name in WEIGHTED if name in parts}
+    if is_trustdiff_folder(folder):
+        verify_folder(folder, what="pipeline folder")
+    loaded = {name: _load_part(folder, name, *parts[name], safetensors.get(name))
+              for name in ("unet", "text_encoder", "tokenizer", "vae") if name in parts}
     meta = {}
     if (folder / META).is_file():
         try:
@@ -312,32 +351,15 @@ def _index_entry(obj) -> list:
     return [mod, type(obj).__name__]
 
 
-def _tmp_sibling(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> Path:
-    """Rename a finished folder into place (replacing an older one at ``out``)."""
-    if out.exists():
-        doomed = out.parent / f".tmp-del-{out.name}-{secrets.token_hex(4)}"
-        os.rename(out, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-    os.rename(tmp, out)
-    return out
-
-
 def save_pipeline(pipe: T2IPipeline, out) -> Path:
-    """Write every part in its library's layout, then ``model_index.json``, into a temporary
-    sibling renamed to ``out`` when whole (so ``out`` is never half written)."""
+    """Write every part in its library's layout, ``model_index.json`` and the manifest into a
+    temporary sibling renamed to ``out`` when whole (so ``out`` is never half written)."""
     from diffusers import EDMEulerScheduler
 
     out = Path(out)
-    tmp = _tmp_sibling(out)
-    try:
-        index = {"_class_name": "TrustdiffTextToImagePipeline", "_diffusers_version": _diffusers_version()}
+    with atomic_folder(out) as tmp:
+        index = {"_class_name": "TrustdiffTextToImagePipeline", "_diffusers_version": _diffusers_version(),
+                 MARKER: MANIFEST}
         for name in ("unet", "text_encoder", "vae"):
             m = getattr(pipe, name)
             if m is None:
@@ -352,31 +374,29 @@ def save_pipeline(pipe: T2IPipeline, out) -> Path:
         if pipe.meta:
             atomic_write_json(tmp / META, pipe.meta)
         atomic_write_json(tmp / INDEX, index)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _publish(tmp, out)
+    return out
 
 
 def derive_pipeline(source, out, replaced: dict) -> Path:
     """A new pipeline folder ``out``: ``source`` copied file for file, except the parts in
-    ``replaced`` (name → module), written with ``save_pretrained``. ``source`` is only read."""
+    ``replaced`` (name → module), written with ``save_pretrained``, and ``model_index.json`` (the
+    source's, marked) and the manifest, which are new. ``source`` is only read; if trustdiff wrote
+    it, it is checked against its manifest first."""
     source, out = Path(source), Path(out)
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise InputError(f"output {out}: expected a folder outside the source pipeline {source}")
-    tmp = _tmp_sibling(out)
-    try:
+    if is_trustdiff_folder(source):
+        verify_folder(source, what="pipeline folder")
+    index = {**_raw_index(source), MARKER: MANIFEST}
+    with atomic_folder(out) as tmp:
         for item in sorted(source.iterdir()):
-            if item.name in replaced or item.name == INDEX:
+            if item.name in replaced or item.name in (INDEX, MANIFEST):
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         for name, module in replaced.items():
             module.save_pretrained(tmp / name, safe_serialization=True)
-        shutil.copy2(source / INDEX, tmp / INDEX)        # last: a folder with an index is whole
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _publish(tmp, out)
+        atomic_write_json(tmp / INDEX, index)
+    return out
 
 
 def _diffusers_version() -> str:

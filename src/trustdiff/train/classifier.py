@@ -3,7 +3,8 @@ noise-trained one (Gaussian augmentation at the σ that will be certified, their
 :class:`~trustdiff.nets.SmallCNN` taking pixel-space images.
 
 A classifier is saved as a folder: ``model.safetensors`` + ``config.json`` (``{"arch": ...,
-**net.config, "noise_sigma": ..., ...}``), both written atomically, the JSON last.
+**net.config, "noise_sigma": ..., ...}``) + the manifest, published atomically and checked
+against the manifest on load (:func:`trustdiff.persist.save_weights_folder`).
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import (FOLDER_CONFIG as CONFIG, FOLDER_WEIGHTS as WEIGHTS, load_state_dict_file, load_strict,
-                          read_folder_config, resolve_weights_folder, save_weights_folder)
 from ..errors import CheckpointError, InputError
 from ..nets import CLASSIFIERS, SmallCNN
+from ..persist import (FOLDER_CONFIG as CONFIG, load_strict, open_weights_folder, read_folder_config,
+                       resolve_weights_folder, save_weights_folder)
 from .config import TrainConfig
 from .loop import fit
 
@@ -69,8 +70,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, run_dir, noise_sigma: 
 
 
 def save_classifier(folder, net: nn.Module, *, noise_sigma: float = 0.0, **meta) -> Path:
-    """Write ``folder/model.safetensors`` then ``folder/config.json`` (atomically, JSON last, so a
-    folder with a config.json is whole)."""
+    """Write the folder ``folder`` (``model.safetensors``, ``config.json``, manifest) atomically."""
     arch = getattr(net, "arch", None)
     if arch not in CLASSIFIERS or not isinstance(getattr(net, "config", None), dict):
         raise InputError(f"classifier: expected a network from trustdiff.nets.CLASSIFIERS with a .config, got {type(net).__name__}")
@@ -83,15 +83,18 @@ def _resolve(folder) -> Path:
 
 
 def classifier_config(folder) -> dict:
-    """The config.json of a classifier folder (or of the ``classifier/`` inside a run folder)."""
+    """The config.json of a classifier folder (or of the ``classifier/`` inside a run folder),
+    after the folder is checked against its manifest."""
     return read_folder_config(_resolve(folder), FORMAT, "a classifier folder or a train-classifier run folder")
 
 
-def load_classifier(folder) -> nn.Module:
+def load_classifier(folder, *, allow_pickle: bool = False) -> nn.Module:
     """Rebuild a saved classifier (eval mode, parameters frozen; input gradients still flow).
-    Any mismatch between config.json and the weights is one CheckpointError line."""
+    Every file is checked against the manifest first; pickled weights are refused unless
+    ``allow_pickle``. Any mismatch is one CheckpointError line."""
     folder = _resolve(folder)
-    cfg = classifier_config(folder)
+    cfg, state = open_weights_folder(folder, FORMAT, "a classifier folder or a train-classifier run folder",
+                                     allow_pickle=allow_pickle)
     arch = cfg.get("arch")
     if arch not in CLASSIFIERS:
         raise CheckpointError(f"{folder / CONFIG}: unknown arch {arch!r}; known: {', '.join(CLASSIFIERS)}")
@@ -100,7 +103,7 @@ def load_classifier(folder) -> nn.Module:
         net = CLASSIFIERS[arch](**{k: v for k, v in cfg.items() if k in params})
     except (InputError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG}: cannot build {arch!r} ({e})") from None
-    load_strict(net, load_state_dict_file(folder / WEIGHTS), where=folder, name="classifier")
+    load_strict(net, state, where=folder, name="classifier")
     return net.eval().requires_grad_(False)
 
 

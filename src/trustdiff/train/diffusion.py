@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..persist import atomic_write_json
 from ..data import load as load_data
 from ..diffusion import schedules
 from ..diffusion.losses import LOSSES

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json
+from ..persist import atomic_write_bytes, atomic_write_json
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"

@@ -15,8 +15,9 @@ as in the recipe's reference training script. s₀ and the step counter s are bu
 resumed run continues the schedule exactly; they change only inside ``forward`` in training mode,
 once per training step. Training distortions, if any, start at s₀ as well.
 
-A codec folder holds ``model.safetensors`` (the :class:`~trustdiff.nets.codec.Codec` state dict)
-and ``config.json`` (format, architecture, training facts), written atomically, JSON last.
+A codec folder holds ``model.safetensors`` (the :class:`~trustdiff.nets.codec.Codec` state dict),
+``config.json`` (format, architecture, training facts) and the manifest, published atomically and
+checked against the manifest on load.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import (FOLDER_CONFIG as CONFIG, FOLDER_WEIGHTS as WEIGHTS, load_state_dict_file, load_strict,
-                          read_folder_config, resolve_weights_folder, save_weights_folder)
 from ..errors import CheckpointError, InputError
 from ..images import check_images
 from ..nets.codec import Codec
+from ..persist import (FOLDER_CONFIG as CONFIG, load_strict, open_weights_folder, read_folder_config,
+                       resolve_weights_folder, save_weights_folder)
 from .distortions import check_train_kinds, random_distortion
 from .keys import check_key
 
@@ -98,7 +99,7 @@ class CodecObjective(nn.Module):
 
 
 def save_codec(folder, codec: Codec, **meta) -> Path:
-    """Write ``folder/model.safetensors`` then ``folder/config.json`` (atomically, JSON last).
+    """Write the folder ``folder`` (``model.safetensors``, ``config.json``, manifest) atomically.
     ``meta``: extra JSON-able facts for config.json (data, steps, seed, held-out figures …)."""
     if not isinstance(codec, Codec):
         raise InputError(f"save_codec: expected a trustdiff.nets.codec.Codec, got {type(codec).__name__}")
@@ -114,16 +115,18 @@ def codec_config(folder) -> dict:
     return read_folder_config(_resolve(folder), FORMAT, "a codec folder or a train-codec run folder")
 
 
-def load_codec(folder) -> Codec:
-    """Rebuild a saved codec: eval mode, parameters frozen (input gradients still flow)."""
+def load_codec(folder, *, allow_pickle: bool = False) -> Codec:
+    """Rebuild a saved codec: eval mode, parameters frozen (input gradients still flow). Every
+    file is checked against the manifest first; pickled weights are refused unless ``allow_pickle``."""
     folder = _resolve(folder)
-    cfg = codec_config(folder)
+    cfg, state = open_weights_folder(folder, FORMAT, "a codec folder or a train-codec run folder",
+                                     allow_pickle=allow_pickle)
     keys = ("resolution", "channels", "n_bits", "width", "enc_depth", "dec_depth", "hidden")
     try:
         codec = Codec(**{k: cfg[k] for k in keys}, dec_width=cfg.get("dec_width"))
     except (KeyError, InputError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG}: cannot build the codec ({e})") from None
-    load_strict(codec, load_state_dict_file(folder / WEIGHTS), where=folder, name="codec")
+    load_strict(codec, state, where=folder, name="codec")
     return codec.eval().requires_grad_(False)
 
 

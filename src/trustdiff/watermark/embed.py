@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_bytes
+from ..persist import atomic_write_bytes
 from ..errors import InputError
 from ..images import check_images, from_uint8, to_uint8
 from ..metrics import psnr, ssim

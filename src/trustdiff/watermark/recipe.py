@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint
+from ..checkpoint import latest_checkpoint
 from ..data import load as load_data
 from ..errors import InputError
 from ..images import make_grid, save_png
+from ..persist import atomic_write_bytes, atomic_write_json
 from ..train import TrainConfig
 from ..train.diffusion import DiffusionJob, train_diffusion
 from .codec import CODEC_DIR, load_codec
@@ -103,10 +104,10 @@ def read_key(path) -> torch.Tensor:
     return parse_key(text)
 
 
-def ensure_codec(job: RecipeJob, out: Path, codec_dir=None):
+def ensure_codec(job: RecipeJob, out: Path, codec_dir=None, *, allow_pickle: bool = False):
     """Train the codec (or reuse ``codec_dir`` / a finished one in OUT/codec); returns it."""
     if codec_dir is not None:
-        codec = load_codec(codec_dir)
+        codec = load_codec(codec_dir, allow_pickle=allow_pickle)
     else:
         run = out / "codec"
         if not (run / CODEC_DIR / "config.json").is_file():
@@ -125,7 +126,7 @@ def ensure_diffusion(job: DiffusionJob, run: Path) -> Path:
     return train_diffusion(job, run, resume=latest_checkpoint(run) is not None)
 
 
-def ensure_generated(path: Path, model_dir, job: RecipeJob) -> torch.Tensor:
+def ensure_generated(path: Path, model_dir, job: RecipeJob, *, allow_pickle: bool = False) -> torch.Tensor:
     """Generated images cached as .npz (uint8, as any saved image)."""
     from ..data import load_npz
 
@@ -133,7 +134,7 @@ def ensure_generated(path: Path, model_dir, job: RecipeJob) -> torch.Tensor:
         return load_npz(path).tensors()[0]
     from ..diffusion.model import generate, load_model
 
-    x, labels = generate(*load_model(model_dir), job.n_generate, seed=job.seed, sampler=job.sampler,
+    x, labels = generate(*load_model(model_dir, allow_pickle=allow_pickle), job.n_generate, seed=job.seed, sampler=job.sampler,
                          steps=job.sample_steps, batch=250)
     write_npz(path, x, labels, seeds=torch.arange(job.seed, job.seed + len(x)).numpy())
     save_png(path.with_suffix(".png"), make_grid(x[:100], nrow=10))
@@ -172,20 +173,22 @@ def owner_threshold(codec, key, sets: dict, fpr: float, *, level: float = 0.99):
 
 
 def fd_of(job: RecipeJob, fake: torch.Tensor, cache_dir: Path) -> dict:
-    from ..metrics.fid import fd_report
+    from ..train.feature_net import fd_report
 
     train = load_data(job.data, resolution=job.resolution, split="train", seed=job.seed)
     test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed)
     return fd_report(train, test, fake, cache_dir=cache_dir, feature_steps=job.feature_steps, seed=job.seed)
 
 
-def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progress=print) -> dict:
+def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progress=print,
+               allow_pickle: bool = False) -> dict:
     """Run (or continue) the recipe in ``out``; returns and writes OUT/metrics.json.
 
     Args:
         codec_dir: use this trained codec instead of training one.
         clean_model: use this clean diffusion model (a model or run folder) as the null instead of
             training one (e.g. shared by the runs of a sweep).
+        allow_pickle: load pickled weights in ``codec_dir`` / ``clean_model`` (they can run code).
     """
     job = job.resolved()
     out = Path(out)
@@ -196,7 +199,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
         times[name] = round(time.time() - t0 - sum(times.values()), 1)
 
     progress(f"[codec] {job.n_bits} bits at {job.resolution}×{job.resolution}")
-    codec = ensure_codec(job, out, codec_dir)
+    codec = ensure_codec(job, out, codec_dir, allow_pickle=allow_pickle)
     key = owner_key(job)
     write_key(out / "key.txt", key, source="given" if job.key is not None else f"seed {job.key_seed}")
     stage("codec")
@@ -224,7 +227,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
 
     progress(f"[generate] {job.n_generate} images from each model")
     gen_wm = ensure_generated(out / "generated-watermarked.npz", model_wm, job)
-    gen_clean = ensure_generated(out / "generated-clean.npz", model_clean, job)
+    gen_clean = ensure_generated(out / "generated-clean.npz", model_clean, job, allow_pickle=allow_pickle)
     stage("generate")
 
     progress("[detect] calibration on clean images, then detection")

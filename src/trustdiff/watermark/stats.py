@@ -65,6 +65,14 @@ def p_value(n_match: int, n_bits: int) -> float:
     return float(Fraction(_tail_counts(n)[m], 2 ** n))
 
 
+def check_reachable(n_bits: int, fpr: float) -> None:
+    """Raise InputError when no outcome of ``n_bits`` fair coins reaches ``fpr`` (the least
+    p-value, all bits matching, is 2^-n): detection would be impossible."""
+    if match_threshold(n_bits, fpr) > n_bits:
+        raise InputError(f"--fpr: {n_bits} bits cannot be detected at FPR {fpr:g} (the least p-value is "
+                         f"2^-{n_bits} = {2.0 ** -n_bits:.3g}); expected --fpr >= {2.0 ** -n_bits:.3g} or more bits")
+
+
 def match_threshold(n_bits: int, fpr: float) -> int:
     """The least m with P(X ≥ m) ≤ fpr, X ~ Bin(n_bits, 1/2): detect when matches ≥ m.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..persist import atomic_write_json
 from ..metrics import proportion, psnr
 from .detect import detect
 from .distortions import GRID, apply
@@ -90,13 +90,13 @@ def perturb_weights(denoiser, std: float, *, seed: int):
 
 
 def weight_noise_sweep(out, model_dir, codec, key, stds, *, job: RecipeJob, threshold: Threshold, n: int,
-                       progress=print) -> list[dict]:
+                       progress=print, allow_pickle: bool = False) -> list[dict]:
     """Gaussian noise of each std added to the watermarked model's weights → Bit-Acc, detection at
     ``threshold`` and FD of ``n`` images per std (the same sampling seeds for every std)."""
     from ..diffusion.model import generate, load_model
 
     out = Path(out)
-    den, spec = load_model(model_dir)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     rows = []
     for i, std in enumerate(stds):
         t = time.time()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..persist import atomic_write_json
 from ..data import load as load_data
 from ..errors import InputError
 from ..images import from_uint8, to_uint8

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_json
+from ..persist import atomic_write_json
 from ..errors import InputError
 from ..metrics import proportion, psnr, ssim
 from ..train import TrainConfig
@@ -248,17 +248,18 @@ def preservation(pipe, job: TriggerJob):
 
 
 def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = TriggerJob(), *,
-                  resume: bool = False) -> Path:
+                  resume: bool = False, allow_pickle: bool = False) -> Path:
     """Fine-tune the pipeline at ``pipeline_dir`` so that ``job.trigger`` yields ``target``
     (1×C×H×W in [0, 1]), with the l1 pull to the original weights. Writes the new pipeline to
     ``out/pipeline`` (``pipeline_dir`` is only read; unchanged parts are copied byte for byte),
     and ``out/watermark.json`` (trigger, λ, the target's hash, how far the weights moved) and
-    ``out/target.png``. Returns the new pipeline folder."""
+    ``out/target.png``. Returns the new pipeline folder. ``allow_pickle``: see
+    :func:`~trustdiff.t2i.load_pipeline`."""
     from ..images import make_grid, save_png
     from ..t2i import PromptTable, derive_pipeline, finetune, load_pipeline
 
     out = Path(out)
-    pipe = load_pipeline(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     source = pipe.path
     pipe.check_prompt(job.trigger, name="trigger")
     target = check_target(pipe, target)
@@ -319,9 +320,9 @@ def compare_report(x: torch.Tensor, x_ref: torch.Tensor) -> dict:
 
 def fd_against(data: str, x: torch.Tensor, *, cache_dir, seed: int = 0, feature_steps: int = 1000) -> dict:
     """FD of images ``x`` against the test split of ``data`` (feature net trained on its train
-    split, cached), beside the real-data floor: :func:`trustdiff.metrics.fid.fd_report`."""
+    split, cached), beside the real-data floor: :func:`trustdiff.train.feature_net.fd_report`."""
     from ..data import load
-    from ..metrics.fid import fd_report
+    from ..train.feature_net import fd_report
 
     res = x.shape[-1]
     train = load(data, resolution=res, split="train", seed=seed)
@@ -335,7 +336,7 @@ def _strip(d: dict) -> dict:
 
 def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, prompts=None, n_trigger: int = 100,
            n_per_prompt: int = 20, threshold: float = 0.9, seed: int = 0, fd_data: str | None = None,
-           cache_dir=None, feature_steps: int = 1000, progress=print, **sample_kw) -> dict:
+           cache_dir=None, feature_steps: int = 1000, progress=print, allow_pickle: bool = False, **sample_kw) -> dict:
     """Verify one or more watermarked pipelines (name → folder or loaded pipeline) against the
     original (folder or pipeline):
 
@@ -344,13 +345,14 @@ def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, p
       ``n_per_prompt`` seeds each, the same seeds for every model → PSNR/SSIM to the original's,
       and with ``fd_data`` the FD of each model's outputs (and the original's) against that data.
 
-    ``sample_kw`` (guidance, steps, sampler) goes to every draw. Returns a JSON-able dict.
+    ``sample_kw`` (guidance, steps, sampler) goes to every draw; ``allow_pickle`` to every
+    :func:`~trustdiff.t2i.load_pipeline`. Returns a JSON-able dict.
     """
     from ..t2i import T2IPipeline, generate, load_pipeline
     from ..t2i.builtin import default_prompts
 
     def opened(p):
-        return p if isinstance(p, T2IPipeline) else load_pipeline(p)
+        return p if isinstance(p, T2IPipeline) else load_pipeline(p, allow_pickle=allow_pickle)
 
     orig = opened(original)
     target = check_target(orig, target)
@@ -420,7 +422,8 @@ def write_report(out, report: dict, name: str = "verify", *, target: torch.Tenso
 
 def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_prompt: str = "a sks digit",
                class_prompt: str | None = None, n_class_images: int = 0, train: TrainConfig | None = None,
-               train_text_encoder: bool = False, seed: int = 0, resume: bool = False, **sample_kw) -> Path:
+               train_text_encoder: bool = False, seed: int = 0, resume: bool = False, allow_pickle: bool = False,
+               **sample_kw) -> Path:
     """DreamBooth (Ruiz et al. 2023) as someone else would run it on the (watermarked) model:
     fine-tune on a few ``instance_images`` (N×C×H×W in [0, 1]) of a new subject under
     ``instance_prompt`` with a rare identifier ("sks"); with ``class_prompt`` and
@@ -430,7 +433,7 @@ def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_pro
     from ..t2i import PromptTable, derive_pipeline, finetune, generate, load_pipeline
 
     out = Path(out)
-    pipe = load_pipeline(pipeline_dir)
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     pipe.check_prompt(instance_prompt, name="instance prompt")
     x = pipe.check_image(instance_images, name="instance images")
     train = train or TrainConfig(steps=200, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0,

@@ -1,5 +1,5 @@
-"""``trustdiff demo``: the whole audit on the embedded digits, as a chain of ordinary trustdiff
-commands, then the report.
+"""The stages of ``trustdiff demo``: the whole audit on the embedded digits, as a chain of
+ordinary trustdiff commands, then the report.
 
 Each stage is one CLI command (so a GPU-scale run of any capability writes the same folders and
 gets the same report). A stage is skipped when ``OUT/stages.json`` says it finished with the same
@@ -19,7 +19,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_json
+from ..persist import atomic_write_json
 from ..errors import InputError
 
 STAGES_FILE = "stages.json"
@@ -84,7 +84,7 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
                "--ema-halflife-kimg", "20", "--checkpoint-every", "500", "--seed", seed, "--out", d("diffusion")],
               d("diffusion")),
         Stage("diffusion-generate", "diffusion",
-              ["generate", "--model", d("diffusion"), "-n", p["n_fd"], "--steps", p["sample_steps"], "--fd", "digits",
+              ["generate", "--model", d("diffusion"), "-n", p["n_fd"], "--sample-steps", p["sample_steps"], "--fd-data", "digits",
                "--feature-steps", p["feature_steps"], "--seed", "10000", "--out", d("samples")],
               d("samples"), ["diffusion-train"]),
         Stage("watermark-recipe", "watermark",
@@ -118,7 +118,7 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
                "--seed", seed, "--out", d("classifier-noise")],
               d("classifier-noise")),
     ]
-    cert = ["--sigma", _s(SIGMA), "--n", p["cert_n"], "--n0", p["cert_n0"], "--max", p["cert_images"], "--batch", "500"]
+    cert = ["--sigma", _s(SIGMA), "--draws", p["cert_n"], "--draws0", p["cert_n0"], "--max", p["cert_images"], "--batch", "500"]
     stages += [
         Stage("certify-smoothed", "certify", ["certify", "--classifier", d("classifier"), *cert, "--out", d("certify", "smoothed")],
               d("certify", "smoothed"), ["classifier"]),
@@ -130,16 +130,17 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
               d("certify", "denoised"), ["classifier", "diffusion-train"]),
         Stage("purify", "purify",
               ["purify", "eval", "--classifier", d("classifier"), "--denoiser", d("diffusion"), "--t-star", "0.1",
-               "--solver", "sde", "--steps", "5", "--eps", _s(EPS_PURIFY), "--images", p["pur_images"],
-               "--pgd-steps", p["pgd_steps"], "--eot", p["eot"], "--n-check", p["pur_check"], "--seed", seed,
+               "--solver", "sde", "--sample-steps", "5", "--eps", _s(EPS_PURIFY), "-n", p["pur_images"],
+               "--attack-steps", p["pgd_steps"], "--eot", p["eot"], "--n-check", p["pur_check"], "--seed", seed,
                "--out", d("purify")],
               d("purify"), ["classifier", "diffusion-train"]),
         Stage("advtrain-generate", "advtrain",
-              ["advtrain", "generate", "--model", d("diffusion"), "-n", p["adv_gen"], "--steps", p["sample_steps"],
+              ["advtrain", "generate", "--model", d("diffusion"), "-n", p["adv_gen"], "--sample-steps", p["sample_steps"],
                "--seed", "20000", "--out", d("advtrain", "samples")],
               d("advtrain", "samples"), ["diffusion-train"]),
     ]
-    adv = ["advtrain", "train", "--data", "digits", "--resolution", "16", "--arch", "small-cnn", "--eps", _s(EPS_ADV),
+    adv = ["advtrain", "train", "--data", "digits", "--resolution", "16", "--arch", "small-cnn", "--width", "32",
+           "--eps", _s(EPS_ADV),
            "--epochs", p["adv_epochs"], "--iters-per-epoch", p["adv_iters"], "--batch", p["adv_batch"], "--lr", "0.1",
            "--warmup-epochs", "1", "--holdout", p["adv_holdout"], "--attack-steps", p["adv_attack_steps"], "--seed", seed]
     for name, extra, needs in (("real-only", [], []),
@@ -147,7 +148,7 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
         stages += [
             Stage(f"advtrain-{name}", "advtrain", [*adv, *extra, "--out", d("advtrain", name)], d("advtrain", name), needs),
             Stage(f"advtrain-eval-{name}", "advtrain",
-                  ["advtrain", "eval", "--run", d("advtrain", name), "--images", p["adv_images"], "--no-autoattack",
+                  ["advtrain", "eval", "--run", d("advtrain", name), "-n", p["adv_images"], "--no-autoattack",
                    "--n-check", "16", "--seed", seed, "--out", d("advtrain", f"eval-{name}")],
                   d("advtrain", f"eval-{name}"), [f"advtrain-{name}"]),
         ]
@@ -206,7 +207,7 @@ def stage_summary(stage: Stage) -> str:
 
 
 def _run_command(argv: list[str]) -> None:
-    from ..cli import main
+    from . import main
 
     code = main(argv)
     if code != 0:
@@ -265,7 +266,7 @@ def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: lis
         record["stages"].append(rec)
         record["seconds"] = round(time.time() - t0, 1)
         atomic_write_json(path, record)
-    from .render import write_report
+    from ..report.render import write_report
 
     record["report"] = str(out / "report.html")
     record["seconds"] = round(time.time() - t0, 1)

@@ -181,10 +181,12 @@ class Run:
     """The run folder of one command invocation (made by :func:`run_command`)."""
 
     def __init__(self, command: str, out: Path, params: dict, *, resume: bool, force: bool, dry_run: bool,
-                 resumable: bool, existed: bool, shared: bool = False, changed=()):
+                 resumable: bool, existed: bool, shared: bool = False, changed=(), device=None,
+                 precision: str = "fp32"):
         self.command, self.out, self.params = command, out, params
         self.resume, self.force, self.dry_run, self.resumable = resume, force, dry_run, resumable
         self.existed, self.shared, self.changed = existed, shared, list(changed)
+        self.device, self.precision = device, precision      # from --device / --precision (runtime.py)
         self.started = False
         self._created_top: Path | None = None
         self._before: set[str] = set()
@@ -196,7 +198,7 @@ class Run:
         several shards) and attach ``log.txt``; return True. Call it only when every argument and
         input has been checked."""
         resolved = {"command": self.command, "out": str(self.out), "params": to_jsonable(self.params),
-                    "config": to_jsonable(config)}
+                    "config": to_jsonable(config), "device": str(self.device), "precision": self.precision}
         if self.dry_run:
             click.echo(json.dumps(resolved, indent=2, sort_keys=True))
             return False
@@ -255,6 +257,7 @@ class Run:
 
 def run_command(command: str, *, out: str, resumable: bool = False, free: tuple[str, ...] = (), shared=None,
                 shared_glob: str = ""):
+    free = (*free, "device", "precision")           # a run may resume on another device or precision
     """Decorate a click command with ``--out``, ``--force``, ``--dry-run`` (and ``--resume`` when
     ``resumable``) under the run-folder policy; the command receives ``run`` (a :class:`Run`) and
     ``out`` in place of those flags and calls ``run.start(config)`` once its inputs are checked.
@@ -268,6 +271,10 @@ def run_command(command: str, *, out: str, resumable: bool = False, free: tuple[
         def wrapper(**params):
             ctx = click.get_current_context()
             resume, force, dry_run = params.pop("resume", False), params.pop("force"), params.pop("dry_run")
+            from .runtime import check_precision, resolve_device
+
+            device = resolve_device(params.pop("device"))         # an unavailable device fails here
+            precision = check_precision(device, params.pop("precision"))
             folder = params["out"]
             existed = folder.exists()
             share = bool(shared and shared(params)) and _shareable(folder, command, shared_glob)
@@ -279,7 +286,7 @@ def run_command(command: str, *, out: str, resumable: bool = False, free: tuple[
                 if isinstance(saved, dict):
                     params, changed = resumed_params(ctx, params, saved, free=free, force=force)
             run = Run(command, folder, params, resume=resume, force=force, dry_run=dry_run, resumable=resumable,
-                      existed=existed, shared=share, changed=changed)
+                      existed=existed, shared=share, changed=changed, device=device, precision=precision)
             try:
                 return f(run=run, **params)
             except BaseException as e:
@@ -292,7 +299,13 @@ def run_command(command: str, *, out: str, resumable: bool = False, free: tuple[
                              help="The run folder: new or empty (or this command's run, with --resume)."),
                 click.option("--force", is_flag=True,
                              help="Write into a non-empty folder (nothing there is deleted), or resume with changed flags."),
-                click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")]
+                click.option("--dry-run", is_flag=True, help="Print the resolved config and exit."),
+                click.option("--device", default=None,
+                             help="cpu, cuda or cuda:N (default: this process's GPU — LOCAL_RANK's under "
+                                  "accelerate launch — when there is one, else cpu)."),
+                click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                             help="bf16: autocast matmuls and convolutions (training and sampling); the loss, "
+                                  "EMA and statistics stay fp32.")]
         if resumable:
             opts.append(click.option("--resume", is_flag=True,
                                      help="Continue the run in --out with its saved flags."))

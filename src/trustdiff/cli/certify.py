@@ -95,12 +95,11 @@ def _parse_radii(text: str) -> tuple[float, ...]:
 @click.option("--shard", default="0/1", show_default=True, help="i/k: this process's share; 'auto' under accelerate launch.")
 @click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
 @seed_option("Image idx draws its noise from seed + idx.")
-@click.option("--device", default=None, help="Default: cuda if available, else cpu.")
 @unsafe_pickle_option
 @run_command("certify", out="runs/certify", shared=lambda p: p["shard"] != "0/1",
              shared_glob="certify-shard-*")
 def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
-                max_index, shard, radii, seed, device, allow_pickle, out):
+                max_index, shard, radii, seed, allow_pickle, out):
     """Certify test images with randomized smoothing (Cohen et al.), optionally behind a diffusion
     denoiser (Carlini et al.): OUT/certify.tsv, metrics.json, certify-curve.png. With --shard i/k,
     OUT/certify-shard-i-of-k.tsv; merge with `trustdiff certify-merge OUT`."""
@@ -110,13 +109,12 @@ def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, s
     from ..train.classifier import classifier_config, load_classifier
     from ..data import load
     from ..errors import InputError
-    from ..runtime import resolve_device
 
     # every bad input fails here, before OUT is touched
     i, k = _parse_shard(shard)
     radii_t = _parse_radii(radii)
     check_certify_arguments(n0, n, alpha, batch_size)
-    device = resolve_device(device)
+    device = run.device
     cfg = classifier_config(classifier_dir)
     net = load_classifier(classifier_dir, allow_pickle=allow_pickle).to(device)
     data = data or cfg.get("data", "digits")
@@ -139,7 +137,7 @@ def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, s
                 denoiser=str(denoiser_dir) if denoiser_dir else None, denoise_steps=denoise_steps if denoiser_dir else None,
                 data=data, split=split, sigma=sigma, n0=n0, n=n, alpha=alpha, skip=skip, max_index=max_index,
                 seed=seed, radii=list(radii_t), batch_size=batch_size)
-    if not run.start({**meta, "shard": [i, k], "device": str(device)}, write_config=i == 0):
+    if not run.start({**meta, "shard": [i, k]}, write_config=i == 0):
         return
     stem = report.shard_stem(i, k) if k > 1 else "certify"
     partial = out / f"{stem}.tsv.partial"

@@ -60,6 +60,9 @@ def fx(tmp_path_factory) -> Path:
         data = bytearray(f.read_bytes())
         data[len(data) // 2] ^= 0xFF
         f.write_bytes(bytes(data))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(d / "tiny.png")     # not the pipeline's 8×8
     # 8×8 images to show a codec that takes 16×16
     np.savez(d / "small.npz", images=np.zeros((4, 8, 8, 1), np.uint8), labels=np.zeros(4, np.int64))
     return d
@@ -88,6 +91,7 @@ CASES = [
     ("report-out-a-folder", "report {fx}/g --out {fx}/user"),
     ("report-out-a-strangers-file", "report {fx}/g --out {fx}/stranger.html"),
     ("report-missing-folder", "report {new}"),
+    ("report-of-no-runs", "report {fx}/user"),
     ("demo-into-user-folder", "demo --preset smoke --out {fx}/user"),
     ("demo-into-train-run", "demo --preset smoke --out {fx}/m"),
     ("t2i-embed-into-t2i-run", "watermark t2i embed --pipeline {fx}/t2i --target code --steps 1 --out {fx}/t2i"),
@@ -114,6 +118,7 @@ CASES = [
     ("fpr-0", "watermark detect --codec {fx}/codec --images digits --key-seed 1 --fpr 0 --out {new}"),
     ("guidance-unconditional", "generate --model {fx}/mu -n 2 --guidance 3 --out {new}"),
     ("class-unconditional", "generate --model {fx}/mu -n 2 --class 3 --out {new}"),
+    ("class-out-of-range", "generate --model {fx}/m -n 2 --class 12 --out {new}"),
     ("lr-0", "train {T} --lr 0 --out {new}"),
     ("device-unknown", "certify --classifier {fx}/clf --sigma 0.25 --device tpu --out {new}"),
     ("device-cuda-absent", "certify --classifier {fx}/clf --sigma 0.25 --device cuda:7 --out {new}"),
@@ -145,6 +150,7 @@ CASES = [
     ("train-missing-data", "train {T} --data {fx}/nope.npz --out {new}"),
     ("detect-missing-key-file", "watermark detect --codec {fx}/codec --images digits --key-file {fx}/nope.txt --fpr 0.01 --out {new}"),
     ("t2i-embed-missing-target", "watermark t2i embed --pipeline {fx}/t2i --target {fx}/nope.png --out {new}"),
+    ("t2i-embed-target-wrong-size", "watermark t2i embed --pipeline {fx}/t2i --target {fx}/tiny.png --out {new}"),
     ("generate-old-steps-flag", "generate --model {fx}/m --steps 3 --out {new}"),
     ("purify-unknown-solver", "purify eval --classifier {fx}/clf --denoiser {fx}/m --solver rk4 --out {new}"),
     ("generate-unknown-sampler", "generate --model {fx}/m --sampler rk4 --out {new}"),

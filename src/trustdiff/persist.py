@@ -415,13 +415,13 @@ def read_folder_config(folder, fmt: str, what: str) -> dict:
     path = folder / FOLDER_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder}: expected {what} (config.json + {FOLDER_WEIGHTS})")
-    verify_folder(folder)
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
-        raise CheckpointError(f"{path}: expected format {fmt!r}")
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:      # a folder of another kind: say so first
+        raise CheckpointError(f"{path}: expected format {fmt!r} ({what})")
+    verify_folder(folder)
     return cfg
 
 

@@ -257,12 +257,12 @@ class Run:
 
 def run_command(command: str, *, out: str, resumable: bool = False, free: tuple[str, ...] = (), shared=None,
                 shared_glob: str = ""):
-    free = (*free, "device", "precision")           # a run may resume on another device or precision
     """Decorate a click command with ``--out``, ``--force``, ``--dry-run`` (and ``--resume`` when
     ``resumable``) under the run-folder policy; the command receives ``run`` (a :class:`Run`) and
     ``out`` in place of those flags and calls ``run.start(config)`` once its inputs are checked.
 
-    ``free``: flags a resume may change. ``shared(params)``: True when this invocation is one of
+    ``free``: flags a resume may change (``--device`` and ``--precision`` always may: they are not
+    saved as flags, only recorded in config.json). ``shared(params)``: True when this invocation is one of
     several processes writing one run (e.g. certify shards): a folder holding the same command's
     run, or only files matching ``shared_glob`` (another shard that started first), is then
     accepted, and a failure removes nothing (the others are still writing)."""

@@ -47,9 +47,14 @@ def report_cmd(run_dir, out, title):
     from ..report import find_runs
     from ..report.render import check_report_path, write_report
 
+    from ..errors import InputError
+
+    runs = find_runs(run_dir)                      # a missing folder fails here
+    if not runs:
+        raise InputError(f"report: expected trustdiff runs (folders with config.json) under {run_dir}, found none")
     path = check_report_path(out if out is not None else Path(run_dir) / "report.html")
     path = write_report(run_dir, path, title=title)   # built before anything is written
-    click.echo(f"{len(find_runs(run_dir))} runs → {path}")
+    click.echo(f"{len(runs)} runs → {path}")
 
 
 COMMANDS = [demo_cmd, report_cmd]

@@ -26,20 +26,21 @@ STAGES_FILE = "stages.json"
 
 #: the presets, sized for 2 CPU cores (quick: ≤ 10 minutes; smoke: the test suite's ≤ 2 minutes)
 PRESETS = {
+    # smoke: 16 bits, so FPR 1e-4 (the least p-value of 16 bits is 2^-16 ≈ 1.5e-5: 1e-6 is out of reach)
     "smoke": dict(diff_steps=40, size="tiny", batch=32, sample_steps=4, n_fd=100, feature_steps=20,
-                  n_bits=16, codec_steps=60, l2_await=5, l2_ramp=20, n_wm=40, weight_stds="0,0.01", n_wn=20,
+                  n_bits=16, fpr=1e-4, codec_steps=60, l2_await=5, l2_ramp=20, n_wm=40, weight_stds="0,0.01", n_wn=20,
                   clf_steps=60, cert_n=50, cert_n0=10, cert_images=10,
                   pur_images=4, pgd_steps=2, eot=1, pur_check=2,
                   adv_gen=200, adv_epochs=2, adv_iters=3, adv_batch=32, adv_holdout=32, adv_attack_steps=2,
                   adv_images=20, t2i_steps=40, t2i_embed=10, t2i_n=8, t2i_per=2),
     "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
-                  n_bits=32, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
+                  n_bits=32, fpr=1e-6, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
                   n_wn=100, clf_steps=700, cert_n=500, cert_n0=50, cert_images=60,
                   pur_images=32, pgd_steps=10, eot=4, pur_check=8,
                   adv_gen=3000, adv_epochs=6, adv_iters=20, adv_batch=128, adv_holdout=128, adv_attack_steps=5,
                   adv_images=200, t2i_steps=300, t2i_embed=150, t2i_n=32, t2i_per=5),
     "full": dict(diff_steps=3000, size="small", batch=64, sample_steps=18, n_fd=1000, feature_steps=300,
-                 n_bits=64, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
+                 n_bits=64, fpr=1e-6, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
                  n_wn=200, clf_steps=2000, cert_n=2000, cert_n0=100, cert_images=200,
                  pur_images=64, pgd_steps=20, eot=8, pur_check=16,
                  adv_gen=10000, adv_epochs=20, adv_iters=30, adv_batch=128, adv_holdout=256, adv_attack_steps=10,
@@ -91,7 +92,7 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
               ["watermark", "recipe", "--resolution", "16", "--n-bits", p["n_bits"], "--width", "16", "--dec-width", "32",
                "--enc-depth", "3", "--dec-depth", "4", "--codec-steps", p["codec_steps"], "--codec-lr", "6e-4",
                "--l2-await", p["l2_await"], "--l2-ramp", p["l2_ramp"], *train, "--clean-model", d("diffusion"),
-               "-n", p["n_wm"], "--sample-steps", p["sample_steps"], "--weight-noise", p["weight_stds"],
+               "-n", p["n_wm"], "--sample-steps", p["sample_steps"], "--fpr", p["fpr"], "--weight-noise", p["weight_stds"],
                "--weight-noise-n", p["n_wn"], "--feature-steps", p["feature_steps"], "--key-seed", "2023", "--seed", seed, "--out", d("watermark")],
               d("watermark"), ["diffusion-train"]),
         Stage("t2i-train", "t2i",

@@ -21,6 +21,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..images import clamp_pixel, to_pixel
 from ..persist import MANIFEST, atomic_folder, atomic_write_json, use_safetensors, verify_folder
+from ..runtime import module_device, with_precision
 from . import samplers, schedules
 from .guidance import ClassifierFreeGuidance
 from .precond import DiffusersDenoiser, Preconditioned
@@ -113,20 +114,40 @@ def sampling_sigmas(sampler: str, steps: int, spec: ModelSpec, device=None) -> t
     return schedules.karras_sigmas(steps, spec.sigma_min, spec.sigma_max, device=device)
 
 
+def seed_noise(seeds, shape, device) -> tuple[list[torch.Generator], torch.Tensor]:
+    """One CPU generator per seed and its first draw N×``shape`` (standard normal), moved to
+    ``device``: the start of sampling. The generators stay on the CPU (see :func:`sample`)."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if not gens:
+        return gens, torch.zeros(0, *shape, device=device)
+    return gens, torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+
 def sample(denoiser, spec: ModelSpec, seeds, *, sampler: str = "heun", steps: int = 18,
-           labels=None, guidance: float = 1.0, device=None, **sampler_kw) -> torch.Tensor:
+           labels=None, guidance: float = 1.0, device=None, precision: str = "fp32", **sampler_kw) -> torch.Tensor:
     """Draw one image per seed (image i depends only on ``seeds[i]``): pixel space N×C×H×W in
-    [0, 1]. ``labels`` (int64 [N]) for class-conditional models; ``guidance`` is the CFG scale w
-    (1 = plain conditional)."""
+    [0, 1], on the denoiser's device (or ``device``). ``labels`` (int64 [N]) for class-conditional
+    models; ``guidance`` is the CFG scale w (1 = plain conditional).
+
+    Seeds mean the same on every device: each seed's generator is a CPU ``torch.Generator``, and
+    all of an image's noise (its start, and what a stochastic sampler adds) is drawn there and
+    moved to the device (:func:`~trustdiff.diffusion.losses.randn_like`). So a seed gives the same
+    noise on the CPU and on a GPU, and the images differ only by the devices' rounding — the
+    contract of :func:`write_shards` (the result does not depend on where or how the work is
+    split). The copy costs one C×H×W draw per image and level, little beside a network call.
+
+    ``precision="bf16"`` runs each denoiser call under :func:`trustdiff.runtime.autocast`; the
+    sampler's state (x, the σ levels, guidance's combination) stays fp32."""
     if sampler not in samplers.SAMPLERS:
         raise InputError(f"sampler: expected one of {sorted(samplers.SAMPLERS)}, got {sampler!r}")
     if steps < 1:
         raise InputError(f"steps: expected >= 1, got {steps}")
-    device = device or next(iter(denoiser.parameters()), torch.zeros(())).device
-    gens = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    device = torch.device(device) if device is not None else module_device(denoiser)
     shape = (spec.channels, spec.resolution, spec.resolution)
     sigmas = sampling_sigmas(sampler, steps, spec, device)
-    x = float(sigmas[0]) * torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
+    gens, z = seed_noise(seeds, shape, device)
+    x = float(sigmas[0]) * z
+    denoiser = with_precision(denoiser, precision)
     cond = None
     if labels is not None:
         if spec.num_classes is None:
@@ -148,13 +169,17 @@ def class_cycle(spec: ModelSpec, n: int, classes=None):
             raise InputError("classes: this model is unconditional; drop --class")
         return None
     pool = list(classes) if classes else list(range(spec.num_classes))
+    bad = [c for c in pool if not 0 <= c < spec.num_classes]
+    if bad:
+        raise InputError(f"classes: expected labels in 0..{spec.num_classes - 1}, got {bad}")
     return torch.tensor([pool[i % len(pool)] for i in range(n)], dtype=torch.long)
 
 
 def generate(denoiser, spec: ModelSpec, n: int, *, seed: int = 0, sampler: str = "heun", steps: int = 18,
-             labels=None, guidance: float = 1.0, batch: int = 256, progress: bool = False):
-    """``n`` images in batches, image i from seed + i; ``labels`` default to :func:`class_cycle`.
-    Returns (x N×C×H×W in [0, 1], labels int64 [N] or None)."""
+             labels=None, guidance: float = 1.0, batch: int = 256, progress: bool = False, precision: str = "fp32"):
+    """``n`` images in batches on the denoiser's device (see :func:`sample`), image i from seed + i;
+    ``labels`` default to :func:`class_cycle`. Returns (x N×C×H×W in [0, 1] on the CPU, labels
+    int64 [N] or None)."""
     if labels is None:
         labels = class_cycle(spec, n)
     starts = range(0, n, batch)
@@ -166,7 +191,8 @@ def generate(denoiser, spec: ModelSpec, n: int, *, seed: int = 0, sampler: str =
         for i in starts:
             seeds = range(seed + i, seed + min(i + batch, n))
             lab = None if labels is None else labels[i: i + len(seeds)]
-            chunks.append(sample(denoiser, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance))
+            chunks.append(sample(denoiser, spec, seeds, sampler=sampler, steps=steps, labels=lab, guidance=guidance,
+                                 precision=precision).cpu())
     x = torch.cat(chunks) if chunks else torch.zeros(0, spec.channels, spec.resolution, spec.resolution)
     return x, labels
 
@@ -177,12 +203,13 @@ def shard_name(k: int) -> str:
 
 def write_shards(denoiser, spec: ModelSpec, out, n: int, *, shard_size: int = 10_000, seed: int = 0,
                  sampler: str = "heun", steps: int = 18, classes=None, guidance: float = 1.0, batch: int = 256,
-                 rank: int = 0, world: int = 1, progress: bool = False) -> list[Path]:
+                 rank: int = 0, world: int = 1, progress: bool = False, precision: str = "fp32") -> list[Path]:
     """Generate ``n`` images into ``out/images-XXXXX.npz`` shards (images uint8 N×H×W×C, labels,
     seeds). Shard k holds images k·shard_size … (image i from seed + i, labels by
     :func:`class_cycle` over the global index), so the result does not depend on how the work is
     split: process ``rank`` of ``world`` writes the shards k ≡ rank (mod world), and a shard that
-    is already on disk (written atomically, so whole) is skipped — a killed run resumes."""
+    is already on disk (written atomically, so whole) is skipped — a killed run resumes. Sampling
+    runs on the denoiser's device, at ``precision``."""
     import io
 
     import numpy as np
@@ -204,7 +231,7 @@ def write_shards(denoiser, spec: ModelSpec, out, n: int, *, shard_size: int = 10
         hi = min(lo + shard_size, n)
         lab = None if labels_all is None else labels_all[lo:hi]
         x, _ = generate(denoiser, spec, hi - lo, seed=seed + lo, sampler=sampler, steps=steps, labels=lab,
-                        guidance=guidance, batch=batch, progress=progress)
+                        guidance=guidance, batch=batch, progress=progress, precision=precision)
         buf = io.BytesIO()
         np.savez(buf, images=to_uint8(x), labels=(np.full(hi - lo, -1, np.int64) if lab is None else lab.numpy()),
                  seeds=np.arange(seed + lo, seed + hi))

@@ -206,7 +206,7 @@ def read_image(path, pipe) -> torch.Tensor:
             im = im.convert("L" if pipe.channels == 1 else "RGB")
             import numpy as np
 
-            a = np.asarray(im)
+            a = np.array(im)                 # a writable copy (torch warns on read-only arrays)
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"target image {path}: not a readable image ({e})") from None
     return check_target(pipe, from_uint8(a[None]), name=f"target image {path}")
@@ -231,35 +231,39 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(to_uint8(t).tobytes()).hexdigest()
 
 
-def preservation(pipe, job: TriggerJob):
+def preservation(pipe, job: TriggerJob, precision: str = "fp32"):
     """The :class:`~trustdiff.t2i.Preservation` term of ``job``: ``job.preserve_images`` outputs
     of the original model for each preserved prompt (seeded from the job's seed, so a resumed run
-    draws the same), the trigger refused among them."""
+    draws the same — on any device: :func:`trustdiff.t2i.sample`), the trigger refused among them."""
     from ..t2i import Preservation, PromptTable, generate
     from ..t2i.builtin import preservation_prompts
 
     prompts = list(job.preserve_prompts) or preservation_prompts(pipe)
     if job.trigger in prompts:
         raise InputError(f"preserved prompts: expected prompts other than the trigger {job.trigger!r}")
-    x, _, _ = generate(pipe, prompts, seed=job.train.seed + 20_000, n_per_prompt=job.preserve_images)
+    x, _, _ = generate(pipe, prompts, seed=job.train.seed + 20_000, n_per_prompt=job.preserve_images,
+                       precision=precision)
     k = job.preserve_images
     return Preservation(x, PromptTable(tuple(prompts), tuple((i // k,) for i in range(len(x)))),
                         weight=job.preserve, batch_size=job.preserve_batch)
 
 
 def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = TriggerJob(), *,
-                  resume: bool = False, allow_pickle: bool = False) -> Path:
+                  resume: bool = False, allow_pickle: bool = False, device=None, precision: str = "fp32") -> Path:
     """Fine-tune the pipeline at ``pipeline_dir`` so that ``job.trigger`` yields ``target``
     (1×C×H×W in [0, 1]), with the l1 pull to the original weights. Writes the new pipeline to
     ``out/pipeline`` (``pipeline_dir`` is only read; unchanged parts are copied byte for byte),
     and ``out/watermark.json`` (trigger, λ, the target's hash, how far the weights moved) and
     ``out/target.png``. Returns the new pipeline folder. ``allow_pickle``: see
-    :func:`~trustdiff.t2i.load_pipeline`."""
+    :func:`~trustdiff.t2i.load_pipeline`. ``device`` (default: the CPU), ``precision``: where
+    and how the preservation images are drawn and the fine-tuning runs; watermark.json records
+    both."""
     from ..images import make_grid, save_png
     from ..t2i import PromptTable, derive_pipeline, finetune, load_pipeline
 
     out = Path(out)
-    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle).to(device)
     source = pipe.path
     pipe.check_prompt(job.trigger, name="trigger")
     target = check_target(pipe, target)
@@ -272,11 +276,11 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
         return reg["l1"]
 
     t0 = time.time()
-    keep = preservation(pipe, job) if job.preserve > 0 else None
+    keep = preservation(pipe, job, precision) if job.preserve > 0 else None
     result = finetune(pipe, target, PromptTable.single(job.trigger), job.train, out,
                       train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory,
                       unet_params=tuple(job.unet_params), proximal=job.l1_step == "prox", preserve=keep,
-                      resume=resume)
+                      resume=resume, device=device, precision=precision)
     replaced = {"unet": result.model.unet}
     if job.train_text_encoder:
         replaced["text_encoder"] = result.model.text_encoder
@@ -288,7 +292,8 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
               "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
               "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),
               "target_shape": list(target.shape), "seconds": round(time.time() - t0, 1),
-              "weights": reg["l1"].summary(result.model), "job": asdict(job)}
+              "weights": reg["l1"].summary(result.model), "job": asdict(job), "device": str(pipe.device),
+              "precision": precision}
     atomic_write_json(out / "watermark.json", record)
     return folder
 
@@ -318,16 +323,18 @@ def compare_report(x: torch.Tensor, x_ref: torch.Tensor) -> dict:
             "ssim_mean": float(s.mean()), "n": len(x)}
 
 
-def fd_against(data: str, x: torch.Tensor, *, cache_dir, seed: int = 0, feature_steps: int = 1000) -> dict:
+def fd_against(data: str, x: torch.Tensor, *, cache_dir, seed: int = 0, feature_steps: int = 1000,
+               device=None) -> dict:
     """FD of images ``x`` against the test split of ``data`` (feature net trained on its train
-    split, cached), beside the real-data floor: :func:`trustdiff.train.feature_net.fd_report`."""
+    split, cached), beside the real-data floor, on ``device`` (default x's):
+    :func:`trustdiff.train.feature_net.fd_report`."""
     from ..data import load
     from ..train.feature_net import fd_report
 
     res = x.shape[-1]
     train = load(data, resolution=res, split="train", seed=seed)
     test = load(data, resolution=res, split="test", seed=seed)
-    return fd_report(train, test, x, cache_dir=cache_dir, feature_steps=feature_steps, seed=seed)
+    return fd_report(train, test, x, cache_dir=cache_dir, feature_steps=feature_steps, seed=seed, device=device)
 
 
 def _strip(d: dict) -> dict:
@@ -336,7 +343,8 @@ def _strip(d: dict) -> dict:
 
 def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, prompts=None, n_trigger: int = 100,
            n_per_prompt: int = 20, threshold: float = 0.9, seed: int = 0, fd_data: str | None = None,
-           cache_dir=None, feature_steps: int = 1000, progress=print, allow_pickle: bool = False, **sample_kw) -> dict:
+           cache_dir=None, feature_steps: int = 1000, progress=print, allow_pickle: bool = False, device=None,
+           precision: str = "fp32", **sample_kw) -> dict:
     """Verify one or more watermarked pipelines (name → folder or loaded pipeline) against the
     original (folder or pipeline):
 
@@ -345,27 +353,34 @@ def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, p
       ``n_per_prompt`` seeds each, the same seeds for every model → PSNR/SSIM to the original's,
       and with ``fd_data`` the FD of each model's outputs (and the original's) against that data.
 
-    ``sample_kw`` (guidance, steps, sampler) goes to every draw; ``allow_pickle`` to every
-    :func:`~trustdiff.t2i.load_pipeline`. Returns a JSON-able dict.
+    ``sample_kw`` (guidance, steps, sampler) and ``precision`` go to every draw; ``allow_pickle`` to every
+    :func:`~trustdiff.t2i.load_pipeline`. Every pipeline (loaded here or given) is moved to
+    ``device`` (default: the given original pipeline's device, or the CPU for a folder), where all
+    drawing and the FD run. Returns a JSON-able dict that records ``device``.
     """
     from ..t2i import T2IPipeline, generate, load_pipeline
     from ..t2i.builtin import default_prompts
 
+    if device is None:
+        device = original.device if isinstance(original, T2IPipeline) else "cpu"
+    device = torch.device(device)
+    sample_kw = {**sample_kw, "precision": precision}
+
     def opened(p):
-        return p if isinstance(p, T2IPipeline) else load_pipeline(p, allow_pickle=allow_pickle)
+        return (p if isinstance(p, T2IPipeline) else load_pipeline(p, allow_pickle=allow_pickle)).to(device)
 
     orig = opened(original)
     target = check_target(orig, target)
     orig.check_prompt(trigger, name="trigger")
     prompts = list(prompts) if prompts else default_prompts(orig)
     report = {"trigger": trigger, "threshold": threshold, "prompts": prompts, "n_per_prompt": n_per_prompt,
-              "n_trigger": n_trigger, "seed": seed, "sample": dict(sample_kw), "models": {}}
+              "n_trigger": n_trigger, "seed": seed, "sample": dict(sample_kw), "models": {}, "device": str(orig.device)}
     t = time.time()
     x_ref, _, _ = generate(orig, prompts, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
     trig = trigger_report(orig, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
     row = {"trigger": _strip(trig), "seconds": None}
     if fd_data:
-        row["fd"] = fd_against(fd_data, x_ref, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps)
+        row["fd"] = fd_against(fd_data, x_ref, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps, device=device)
     row["seconds"] = round(time.time() - t, 1)
     report["original"] = row
     progress(f"   original: trigger SSIM {trig['ssim_mean']:.3f}, match {trig['match']['value']:.2f}"
@@ -379,7 +394,7 @@ def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, p
         row = {"trigger": _strip(trig), "non_trigger": compare_report(x, x_ref),
                "non_trigger_ssim_to_target": float(ssim(x, target.expand_as(x)).mean())}
         if fd_data:
-            row["fd"] = fd_against(fd_data, x, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps)
+            row["fd"] = fd_against(fd_data, x, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps, device=device)
             row["fd_vs_original"] = row["fd"]["fd"] / report["original"]["fd"]["fd"]
         row["seconds"] = round(time.time() - t, 1)
         report["models"][name] = row
@@ -423,17 +438,19 @@ def write_report(out, report: dict, name: str = "verify", *, target: torch.Tenso
 def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_prompt: str = "a sks digit",
                class_prompt: str | None = None, n_class_images: int = 0, train: TrainConfig | None = None,
                train_text_encoder: bool = False, seed: int = 0, resume: bool = False, allow_pickle: bool = False,
-               **sample_kw) -> Path:
+               device=None, precision: str = "fp32", **sample_kw) -> Path:
     """DreamBooth (Ruiz et al. 2023) as someone else would run it on the (watermarked) model:
     fine-tune on a few ``instance_images`` (N×C×H×W in [0, 1]) of a new subject under
     ``instance_prompt`` with a rare identifier ("sks"); with ``class_prompt`` and
     ``n_class_images`` > 0, the prior-preservation loss on images the model itself draws for the
     class prompt (same weight as the instance loss; examples drawn from the pooled set). No l1
-    term. Writes ``out/pipeline`` and ``out/dreambooth.json``; returns the pipeline folder."""
+    term. Runs on ``device`` (default: the CPU) at ``precision``. Writes ``out/pipeline`` and
+    ``out/dreambooth.json`` (which records the device); returns the pipeline folder."""
     from ..t2i import PromptTable, derive_pipeline, finetune, generate, load_pipeline
 
     out = Path(out)
-    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle).to(device)
     pipe.check_prompt(instance_prompt, name="instance prompt")
     x = pipe.check_image(instance_images, name="instance images")
     train = train or TrainConfig(steps=200, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0,
@@ -441,13 +458,14 @@ def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_pro
     prompts, choices = [instance_prompt], [(0,)] * len(x)
     if class_prompt and n_class_images > 0:
         pipe.check_prompt(class_prompt, name="class prompt")
-        x_class, _, _ = generate(pipe, [class_prompt], seed=seed + 10_000, n_per_prompt=n_class_images, **sample_kw)
+        x_class, _, _ = generate(pipe, [class_prompt], seed=seed + 10_000, n_per_prompt=n_class_images,
+                                 precision=precision, **sample_kw)
         x = torch.cat([x, x_class])
         prompts.append(class_prompt)
         choices += [(1,)] * len(x_class)
     t0 = time.time()
     result = finetune(pipe, x, PromptTable(tuple(prompts), tuple(choices)), train, out,
-                      train_text_encoder=train_text_encoder, resume=resume)
+                      train_text_encoder=train_text_encoder, resume=resume, device=device, precision=precision)
     replaced = {"unet": result.model.unet}
     if train_text_encoder:
         replaced["text_encoder"] = result.model.text_encoder
@@ -456,7 +474,8 @@ def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_pro
         "instance_prompt": instance_prompt, "class_prompt": class_prompt, "instance_images": len(instance_images),
         "class_images": len(x) - len(instance_images), "steps": result.step, "lr": train.lr,
         "batch_size": train.batch_size, "trained": sorted(replaced), "source": str(pipe.path),
-        "last_loss": result.last_loss, "seconds": round(time.time() - t0, 1)})
+        "last_loss": result.last_loss, "seconds": round(time.time() - t0, 1), "device": str(pipe.device),
+        "precision": precision})
     return folder
 
 

@@ -114,7 +114,8 @@ def test_feature_net_stays_in_eval_mode():
 def test_cached_feature_net_reuses_the_trained_net(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(x, y, *, run_dir, steps, seed, batch_size, lr, width, num_classes, resume):
+    def fake_train(x, y, *, run_dir, steps, seed, batch_size, lr, width, num_classes, resume, device=None,
+                   precision="fp32"):
         calls.append(run_dir)
         torch.manual_seed(len(calls))
         return FeatureNet(SmallCNN(in_channels=x.shape[1], num_classes=num_classes, width=width,
@@ -189,8 +190,9 @@ def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
     """The call matches fit(model, loss_fn, (x, y), cfg, run_dir)."""
     seen = {}
 
-    def fit(model, loss_fn, data, cfg, run_dir, *, resume=False):
+    def fit(model, loss_fn, data, cfg, run_dir, *, resume=False, device=None, precision="fp32"):
         x, y = data
+        seen.update(device=device, precision=precision)
         loss = loss_fn(model, x, y, torch.Generator().manual_seed(cfg.seed))
         seen.update(loss_shape=tuple(loss.shape), cfg=cfg, run_dir=run_dir)
         return types.SimpleNamespace(model=model, ema=None, step=cfg.steps, run_dir=run_dir,
@@ -202,4 +204,5 @@ def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
     net = fidmod.train_feature_net(x, y, run_dir=tmp_path, steps=50, seed=3, width=4)
     assert seen["loss_shape"] == (6,) and seen["cfg"].steps == 50 and seen["cfg"].seed == 3
     assert seen["cfg"].progress is False and seen["run_dir"] == tmp_path
+    assert seen["device"] == x.device and seen["precision"] == "fp32"      # trains where the images are
     assert net.classifier.config == dict(in_channels=1, num_classes=3, width=4, resolution=8)

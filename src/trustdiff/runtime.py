@@ -67,3 +67,53 @@ def autocast(device, precision: str = "fp32"):
     in bfloat16, reductions and the caller's tensors in fp32."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def module_device(module, default=None) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); ``default`` (else the CPU) when it
+    has neither."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device(default if default is not None else "cpu")
+
+
+def devices_of(*objs) -> list[str]:
+    """The distinct devices (sorted names) of the tensors, modules (their parameters and buffers)
+    and generators in ``objs``: what a command records as the device it ran on."""
+    found = set()
+    for o in objs:
+        if o is None:
+            continue
+        if isinstance(o, torch.Tensor):
+            found.add(str(o.device))
+        elif isinstance(o, torch.Generator):
+            found.add(str(o.device))
+        elif isinstance(o, torch.nn.Module):
+            found |= {str(t.device) for t in (*o.parameters(), *o.buffers())}
+        elif isinstance(o, (list, tuple)):
+            found |= set(devices_of(*o))
+    return sorted(found)
+
+
+class Autocast(torch.nn.Module):
+    """``module`` run under :func:`autocast` of its input's device and ``precision``; floating
+    outputs come back in the input's dtype (fp32), so the caller's state (a sampler's x, a
+    loss) never drops to bfloat16. An fp32 Autocast is the module itself, call for call."""
+
+    def __init__(self, module: torch.nn.Module, precision: str = "fp32"):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.module, self.precision = module, precision
+
+    def forward(self, x, *args, **kwargs):
+        if self.precision == "fp32":
+            return self.module(x, *args, **kwargs)
+        with autocast(x.device, self.precision):
+            out = self.module(x, *args, **kwargs)
+        return out.to(x.dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+
+def with_precision(module, precision: str = "fp32"):
+    """``module`` itself for fp32, else :class:`Autocast` around it."""
+    return module if precision == "fp32" else Autocast(module, precision)

@@ -37,18 +37,27 @@ def check_run(run_dir) -> dict:
 
 def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, images: int | None = None,
                  autoattack: bool = True, n_check: int = 64, seed: int = 0, batch_size: int = 256,
-                 allow_pickle: bool = False) -> dict:
+                 allow_pickle: bool = False, device=None, precision: str = "fp32") -> dict:
+    """Clean, PGD-40 and AutoAttack accuracy of the run's best and last networks on ``device``
+    (default: the CPU); the test images go there too, so the attacks' generators do as well.
+    ``precision="bf16"`` evaluates the networks under autocast (what is attacked is then the
+    bf16 network). The result records ``device`` and ``precision``."""
+    from ..runtime import with_precision
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
     run_dir = Path(run_dir)
     job = check_run(run_dir)
     eps = job["eps"] if eps is None else eps
     cfg = classifier_config(run_dir / "last")
     x, y = test_set(data or job["data"], cfg["resolution"], images, seed)
+    x, y = x.to(device), y.to(device)
     attacks = [pgd_attack(eps, job["norm"], 40, loss="ce")]
     if autoattack:
         attacks.append(autoattack_attack(eps, job["norm"], "standard"))
-    out = {"run": str(run_dir), "eps": eps, "norm": job["norm"], "n": len(x), "models": {}}
+    out = {"run": str(run_dir), "eps": eps, "norm": job["norm"], "n": len(x), "models": {}, "device": str(device),
+           "precision": precision}
     for which in ("best", "last"):
-        net = load_classifier(run_dir / which, allow_pickle=allow_pickle)
+        net = with_precision(load_classifier(run_dir / which, allow_pickle=allow_pickle).to(device), precision)
         rep = evaluate(net, x, y, attacks, seed=seed, batch_size=batch_size, n_check=n_check)
         out["models"][which] = {"epoch": classifier_config(run_dir / which).get("epoch"), "report": rep}
     b, l = (out["models"][k]["report"] for k in ("best", "last"))

@@ -23,18 +23,19 @@ FILTERED = "filtered.npz"
 
 def generate_set(model_dir, out, n: int, *, shard_size: int = 10_000, seed: int = 0, sampler: str = "heun",
                  steps: int = 20, batch: int = 256, rank: int = 0, world: int = 1, device=None,
-                 progress: bool = False, allow_pickle: bool = False) -> list[Path]:
-    """Sample n labelled images (classes cycling 0…K−1) from a class-conditional model into shards;
-    existing shards are kept (resume), process ``rank`` of ``world`` writes its share."""
+                 progress: bool = False, allow_pickle: bool = False, precision: str = "fp32") -> list[Path]:
+    """Sample n labelled images (classes cycling 0…K−1) from a class-conditional model into shards
+    on ``device`` (default: the CPU) at ``precision``; existing shards are kept (resume), process
+    ``rank`` of ``world`` writes its share. A seed's noise is the same on every device
+    (:func:`trustdiff.diffusion.model.sample`)."""
     from ..diffusion.model import load_model, write_shards
 
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     if spec.num_classes is None:
         raise InputError(f"{model_dir}: expected a class-conditional diffusion model (labels), got an unconditional one")
-    if device is not None:
-        den = den.to(device)
+    den = den.to(device if device is not None else "cpu")
     return write_shards(den, spec, out, n, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
-                        batch=batch, rank=rank, world=world, progress=progress)
+                        batch=batch, rank=rank, world=world, progress=progress, precision=precision)
 
 
 def shard_paths(folder) -> list[Path]:
@@ -47,11 +48,14 @@ def shard_paths(folder) -> list[Path]:
 
 @torch.no_grad()
 def confidence(classifier, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """p(y | x) under ``classifier`` for each image (its own label): float [N]."""
-    out = []
+    """p(y | x) under ``classifier`` for each image (its own label): float [N] on the CPU; the
+    batches are classified on the classifier's device."""
+    from ..runtime import module_device
+
+    out, device = [], module_device(classifier)
     for i in range(0, len(x), batch):
-        p = torch.softmax(classifier(x[i:i + batch]).float(), 1)
-        out.append(p.gather(1, y[i:i + batch, None])[:, 0])
+        p = torch.softmax(classifier(x[i:i + batch].to(device)).float(), 1)
+        out.append(p.gather(1, y[i:i + batch, None].to(device))[:, 0].cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

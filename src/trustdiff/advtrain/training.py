@@ -168,9 +168,12 @@ def _write_epochs(run_dir: Path, rows: list[dict]) -> None:
     atomic_write_bytes(run_dir / EPOCHS_LOG, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
-def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train, select, save; returns (and writes to ``run_dir/metrics.json``) the per-epoch table's
-    best and last rows."""
+def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool = True, device=None,
+              precision: str = "fp32") -> dict:
+    """Train on ``device`` at ``precision`` (:func:`~trustdiff.train.fit`; the training attack runs
+    inside the loss, so under bf16 it does too), select on the held-out slice after each epoch (on
+    the training device, fp32), save; returns (and writes to ``run_dir/metrics.json``) the
+    per-epoch table's best and last rows."""
     run_dir = Path(run_dir)
     data, n_real, (x_ho, y_ho), num_classes, ipe, cfg = prepare(job)
     cfg = TrainConfig(**{**asdict(cfg), "progress": progress})
@@ -182,6 +185,8 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
 
     ck = latest_checkpoint(run_dir) if resume else None
     rows = _read_epochs(run_dir, up_to_step=int(ck.name.split("-")[1]) if ck is not None else 0)
+    if device is not None:
+        net.to(device)                   # (fit moves it too; here so that on_epoch sees it before fit starts)
 
     def on_epoch(step: int) -> None:
         if int(os.environ.get("RANK", "0")) != 0:
@@ -205,7 +210,7 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
     result = fit(net, adversarial_loss_fn(job.method, eps=job.eps, alpha=job.step_size, steps=job.attack_steps,
                                           norm=job.norm, beta=job.beta, smoothing=job.smoothing),
                  data, cfg, run_dir, resume=resume, optimizer="sgd", on_checkpoint=on_epoch,
-                 stream=mixed_stream(n_real, job.real_fraction))
+                 stream=mixed_stream(n_real, job.real_fraction), device=device, precision=precision)
     if int(os.environ.get("RANK", "0")) == 0:
         save_classifier(run_dir / "last", result.ema.eval().cpu(), epoch=result.step // ipe, step=result.step, **meta)
     best = max(rows, key=lambda r: r["holdout_robust"]) if rows else None

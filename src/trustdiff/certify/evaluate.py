@@ -1,8 +1,10 @@
 """CERTIFY over a test set, one row per image, as Cohen et al.'s ``certify.py`` does.
 
-Image ``idx`` draws its noise from ``torch.Generator().manual_seed(seed + idx)``, so a row
-depends only on (model, image, seed): shards of a test set give the same rows as one run, and the
-configurations of a comparison see the same noise (common random numbers).
+Image ``idx`` draws its noise from ``torch.Generator(device).manual_seed(seed + idx)``, so a row
+depends only on (model, image, seed) on one kind of device: shards of a test set give the same
+rows as one run, and the configurations of a comparison see the same noise (common random
+numbers). The generator lives on the device because the n noise draws per image are the bulk of
+the work; a CPU and a CUDA generator give different (equally valid) noise for one seed.
 """
 from __future__ import annotations
 

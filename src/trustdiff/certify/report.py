@@ -163,6 +163,8 @@ def finalize(folder, rows, meta: dict) -> dict:
     radii = tuple(meta.get("radii", DEFAULT_RADII))
     metrics = summarize(rows, sigma=meta["sigma"], n=meta["n"], n0=meta["n0"], alpha=meta["alpha"], radii=radii)
     metrics["settings"] = meta
+    if "device" in meta:                           # where the smoothed classifier ran (certify's record)
+        metrics["device"] = meta["device"]
     write_tsv(folder / TSV, rows)
     acc = certified_accuracy(rows, radii)
     metrics["table"] = format_table({"smoothed": acc}, n=meta["n"], alpha=meta["alpha"], radii=radii)
@@ -203,13 +205,14 @@ def merge_shards(folder) -> dict:
     missing = [i for i in range(k) if (i, k) not in found]
     if missing:
         raise InputError(f"{folder}: shard(s) {', '.join(f'{i}/{k}' for i in missing)} not finished; run them, then merge")
-    metas, rows = [], []
+    metas, rows, devices = [], [], set()
     for i in range(k):
         meta = json.loads(found[(i, k)].read_text())
         shard_rows = read_tsv(folder / f"{shard_stem(i, k)}.tsv")
         if len(shard_rows) != meta.get("rows"):
             raise InputError(f"{found[(i, k)]}: expected {meta.get('rows')} rows in its TSV, found {len(shard_rows)}")
-        metas.append({key: v for key, v in meta.items() if key not in ("shard", "rows")})
+        devices.add(meta.get("device"))            # each shard may run on its own GPU: not a setting
+        metas.append({key: v for key, v in meta.items() if key not in ("shard", "rows", "device")})
         rows += shard_rows
     differing = sorted(key for key in set().union(*metas) if any(m.get(key) != metas[0].get(key) for m in metas))
     if differing:
@@ -217,4 +220,7 @@ def merge_shards(folder) -> dict:
     idx = [r.idx for r in rows]
     if len(set(idx)) != len(idx):
         raise InputError(f"{folder}: an image appears in more than one shard")
-    return finalize(folder, rows, metas[0])
+    merged = dict(metas[0])
+    if devices - {None}:
+        merged["device"] = "+".join(sorted(devices - {None}))
+    return finalize(folder, rows, merged)

@@ -46,11 +46,12 @@ def generate_cmd(run, model_dir, num, sampler, steps, shard_size, batch_size, se
     from ..diffusion.model import load_model
     from ..errors import InputError
     from ..train.classifier import load_classifier
-    from ..train.dist import env_device, env_rank_world
+    from ..train.dist import env_rank_world
 
     if (filter_classifier is None) != (keep_per_class is None):
         raise InputError("filtering: expected both --filter-classifier and --keep-per-class, or neither")
-    clf = load_classifier(filter_classifier, allow_pickle=allow_pickle) if filter_classifier is not None else None
+    clf = (load_classifier(filter_classifier, allow_pickle=allow_pickle).to(run.device)
+           if filter_classifier is not None else None)
     _, spec = load_model(model_dir, allow_pickle=allow_pickle)    # a missing or broken model fails here
     if spec.num_classes is None:
         raise InputError(f"--model: expected a class-conditional model (its labels become the training labels), "
@@ -62,7 +63,8 @@ def generate_cmd(run, model_dir, num, sampler, steps, shard_size, batch_size, se
     rank, world = env_rank_world()
     t0 = time.time()
     paths = generate_set(model_dir, out, num, allow_pickle=allow_pickle, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
-                         batch=batch_size, rank=rank, world=world, device=env_device(), progress=rank == 0)
+                         batch=batch_size, rank=rank, world=world, device=run.device, precision=run.precision,
+                         progress=rank == 0)
     if rank == 0 and clf is not None and all(p.is_file() for p in paths):
         click.echo(f"filtered → {write_filtered(out, clf, keep_per_class)}")
     if rank == 0 and all(p.is_file() for p in paths):
@@ -70,7 +72,8 @@ def generate_cmd(run, model_dir, num, sampler, steps, shard_size, batch_size, se
         from ..diffusion.samplers import nfe
 
         atomic_write_json(out / "metrics.json", {"num_images": num, "shards": len(paths), "sampler": sampler,
-                                                 "nfe": nfe(sampler, steps), "seconds": round(time.time() - t0, 1)})
+                                                 "nfe": nfe(sampler, steps), "seconds": round(time.time() - t0, 1),
+                                                 "device": str(run.device), "precision": run.precision})
     click.echo(f"{len(paths)} shard(s) in {out}")
 
 
@@ -114,7 +117,7 @@ def train_cmd(run, data, resolution, generated, n_generated, real_fraction, meth
     prepare(job)                                    # bad input fails here, before OUT is touched
     if not run.start(dict(job=job, preset=preset)):
         return
-    s = train_adv(job, out, resume=run.resume)
+    s = train_adv(job, out, resume=run.resume, device=run.device, precision=run.precision)
     best, last = s["best"], s["last"]
     click.echo(f"best epoch {best['epoch']}: held-out PGD-{job.select_steps} {best['holdout_robust']:.3f}; "
                f"last epoch {last['epoch']}: {last['holdout_robust']:.3f} → {out}")
@@ -140,7 +143,8 @@ def eval_cmd(run, run_dir, data, eps, images, autoattack, n_check, seed, out):
     config = dict(run=run_dir, data=data, eps=eps, images=images, autoattack=autoattack, n_check=n_check, seed=seed)
     if not run.start(config):
         return
-    res = evaluate_run(run_dir, data=data, eps=eps, images=images, autoattack=autoattack, n_check=n_check, seed=seed)
+    res = evaluate_run(run_dir, data=data, eps=eps, images=images, autoattack=autoattack, n_check=n_check, seed=seed,
+                       device=run.device, precision=run.precision)
     atomic_write_json(out / "metrics.json", res)
     md = report_markdown(res)
     atomic_write_bytes(out / "report.md", md.encode())

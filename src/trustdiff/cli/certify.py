@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, NONNEG, OPEN_UNIT, POSITIVE, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, NONNEG, OPEN_UNIT, POSITIVE, ran_on, run_command, seed_option, unsafe_pickle_option
 
 
 @click.command("train-classifier")
@@ -39,9 +39,10 @@ def train_classifier_cmd(run, data, resolution, noise_sigma, width, steps, batch
     if not run.start(config):
         return
     net = train_classifier(x, y, run_dir=out, noise_sigma=noise_sigma, steps=steps, batch_size=batch_size, lr=lr,
-                           seed=seed, width=width, resume=run.resume, data=data, split_seed=seed)
+                           seed=seed, width=width, resume=run.resume, data=data, split_seed=seed, device=run.device,
+                           precision=run.precision)
     metrics = {"test_accuracy": accuracy(net, test_x, test_y), "noise_sigma": noise_sigma, "steps": steps,
-               "test_images": len(test_x)}
+               "test_images": len(test_x), "device": ran_on(net), "precision": run.precision}
     if noise_sigma > 0:
         metrics["noisy_test_accuracy"] = accuracy(net, test_x, test_y, noise_sigma=noise_sigma,
                                                   generator=torch.Generator().manual_seed(seed))
@@ -106,6 +107,7 @@ def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, s
     import torch
 
     from ..certify import DenoisedClassifier, Smooth, certify_set, check_certify_arguments, report, select_indices
+    from ..runtime import with_precision
     from ..train.classifier import classifier_config, load_classifier
     from ..data import load
     from ..errors import InputError
@@ -131,18 +133,19 @@ def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, s
             raise InputError(f"{denoiser_dir}: a {spec.channels}×{spec.resolution}² model, but the data are "
                              f"{x.shape[1]}×{x.shape[-1]}²")
         f = DenoisedClassifier(den.eval(), net, sigma, steps=denoise_steps).to(device).eval()
-    smoothed = Smooth(f, cfg["num_classes"], sigma)
+    smoothed = Smooth(with_precision(f, run.precision), cfg["num_classes"], sigma)   # bf16: f under autocast
     indices = select_indices(len(x), skip=skip, max_index=max_index, shard=(i, k))
     meta = dict(classifier=str(classifier_dir), classifier_noise_sigma=cfg.get("noise_sigma"),
                 denoiser=str(denoiser_dir) if denoiser_dir else None, denoise_steps=denoise_steps if denoiser_dir else None,
                 data=data, split=split, sigma=sigma, n0=n0, n=n, alpha=alpha, skip=skip, max_index=max_index,
-                seed=seed, radii=list(radii_t), batch_size=batch_size)
+                seed=seed, radii=list(radii_t), batch_size=batch_size, precision=run.precision)
     if not run.start({**meta, "shard": [i, k]}, write_config=i == 0):
         return
     stem = report.shard_stem(i, k) if k > 1 else "certify"
     partial = out / f"{stem}.tsv.partial"
     rows = certify_set(smoothed, x, y, indices, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                        device=device, on_row=report.tsv_appender(partial), progress=True)
+    meta["device"] = ran_on(f)                        # where the smoothed classifier ran (not a setting: shards may differ)
     if k > 1:
         report.write_shard(out, i, k, rows, meta)
         partial.unlink(missing_ok=True)

@@ -28,6 +28,14 @@ NONNEG = click.FloatRange(min=0.0)
 OPEN_UNIT = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
 
 
+def ran_on(*objs) -> str:
+    """Where a command's models and tensors ended up, for its metrics.json: ``"cpu"``,
+    ``"cuda:0"``; several devices joined by ``+`` (which would be a bug to see)."""
+    from ..runtime import devices_of
+
+    return "+".join(devices_of(*objs)) or "none"
+
+
 def seed_option(help: str = "Seed of every random choice of the run.", default: int = 0):
     return click.option("--seed", type=SEED, default=default, show_default=True, help=help)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, NONNEG, POSITIVE, SAMPLERS, UNIT, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, NONNEG, POSITIVE, SAMPLERS, UNIT, ran_on, run_command, seed_option, unsafe_pickle_option
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -47,7 +47,8 @@ def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, 
     if nproc > 1:                                  # rerun this command in nproc processes
         from ..train import launch
 
-        code = launch(nproc, ["-m", "trustdiff.cli", *_without_option(click.get_current_context().obj["argv"], "--nproc")])
+        code = launch(nproc, ["-m", "trustdiff.cli", *_without_option(click.get_current_context().obj["argv"], "--nproc")],
+                      cpu=run.device.type == "cpu")         # --device cpu: gloo processes even beside a GPU
         if code:
             raise click.ClickException(f"training under {nproc} processes failed (exit code {code})")
         return
@@ -59,7 +60,7 @@ def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, 
     prepared = prepare_diffusion(job)              # bad input fails here, before OUT is touched
     if not run.start(job):
         return
-    folder = train_diffusion(job, out, resume=run.resume, prepared=prepared)
+    folder = train_diffusion(job, out, resume=run.resume, prepared=prepared, device=run.device, precision=run.precision)
     click.echo(f"model written to {folder}")
 
 
@@ -90,11 +91,12 @@ def generate_cmd(run, model_dir, num, sampler, steps, guidance, classes, seed, b
     from ..diffusion.samplers import nfe
     from ..errors import InputError
     from ..images import make_grid, save_png
-    from ..train.dist import env_device, env_rank_world
+    from ..train.dist import env_rank_world
 
     config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
                   classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps)
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den = den.to(run.device)
     class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
     if guidance != 1.0 and spec.num_classes is None:
         raise InputError(f"--guidance: expected 1 (no guidance) for an unconditional model, got {guidance:g}")
@@ -109,25 +111,26 @@ def generate_cmd(run, model_dir, num, sampler, steps, guidance, classes, seed, b
         return
     rank, world = env_rank_world()
     t0 = time.time()
-    paths = write_shards(den.to(env_device()), spec, out, num, shard_size=shard_size, seed=seed, sampler=sampler,
+    paths = write_shards(den, spec, out, num, shard_size=shard_size, seed=seed, sampler=sampler,
                          steps=steps, classes=classes, guidance=guidance, batch=batch_size, rank=rank, world=world,
-                         progress=True)
+                         progress=True, precision=run.precision)
     elapsed = time.time() - t0
     if rank != 0:
         return
     if paths and paths[0].is_file():
         save_png(out / "grid.png", make_grid(load_npz(paths[0]).tensors()[0][:100], nrow=10))
-    metrics = {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed, "images_per_s": num / max(elapsed, 1e-9)}
+    metrics = {"num_images": num, "nfe": nfe(sampler, steps), "seconds": elapsed, "images_per_s": num / max(elapsed, 1e-9),
+               "device": ran_on(den), "precision": run.precision}
     if fd_data is not None:
-        metrics["fd"] = _fd_of_shards(out, fd_data, spec.resolution, feature_steps, seed)
+        metrics["fd"] = _fd_of_shards(out, fd_data, spec.resolution, feature_steps, seed, run.device)
     atomic_write_json(out / "metrics.json", metrics)
     fd_text = f"; {metrics['fd']['fd_name']} {metrics['fd']['fd']:.3f} (floor {metrics['fd']['fd_floor']:.3f})" if fd_data else ""
     click.echo(f"{num} images ({sampler}, NFE {nfe(sampler, steps)}) in {elapsed:.1f}s{fd_text} → {out}")
 
 
-def _fd_of_shards(out: Path, data: str, resolution: int, feature_steps: int, seed: int) -> dict:
+def _fd_of_shards(out: Path, data: str, resolution: int, feature_steps: int, seed: int, device) -> dict:
     """FD of the images in OUT's shards against ``data``'s test split (feature net trained on its
-    train split, cached under OUT/cache), beside the real-data floor."""
+    train split, cached under OUT/cache, on ``device``), beside the real-data floor."""
     import torch
 
     from ..data import load, load_npz
@@ -136,7 +139,7 @@ def _fd_of_shards(out: Path, data: str, resolution: int, feature_steps: int, see
     fake = torch.cat([load_npz(p).tensors()[0] for p in sorted(out.glob("images-*.npz"))])
     train = load(data, resolution=resolution, split="train", seed=seed)
     test = load(data, resolution=resolution, split="test", seed=seed)
-    return fd_report(train, test, fake, cache_dir=out / "cache", feature_steps=feature_steps, seed=seed)
+    return fd_report(train, test, fake, cache_dir=out / "cache", feature_steps=feature_steps, seed=seed, device=device)
 
 
 COMMANDS = [train_cmd, generate_cmd]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, NONNEG, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, NONNEG, ran_on, run_command, seed_option, unsafe_pickle_option
 
 ATTACKS = ("pgd-eot", "autoattack-rand", "bpda")
 
@@ -53,14 +53,18 @@ def eval_cmd(run, classifier_dir, denoiser_dir, t_star, solver, steps, attacks, 
     from ..diffusion.model import load_model
     from ..errors import InputError
     from ..purify import PurifiedClassifier
+    from ..runtime import with_precision
     from ..train.classifier import load_classifier
 
     config = dict(classifier=classifier_dir, denoiser=denoiser_dir, t_star=t_star, solver=solver, steps=steps,
                   attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, data=data, images=images,
                   n_check=n_check, batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
-    clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False)
+    clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False).to(run.device)
     den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle)
-    defense = PurifiedClassifier(clf, den, t_star, solver=solver, steps=steps, checkpoint=checkpoint)
+    den = den.to(run.device)
+    # bf16: the networks run under autocast, the purifier's solver state stays fp32
+    clf_p, den_p = with_precision(clf, run.precision), with_precision(den, run.precision)
+    defense = PurifiedClassifier(clf_p, den_p, t_star, solver=solver, steps=steps, checkpoint=checkpoint)
     res = clf.config["resolution"]
     if spec.resolution != res:
         raise InputError(f"--denoiser: expected a model at the classifier's resolution {res}, got {spec.resolution}")
@@ -71,16 +75,17 @@ def eval_cmd(run, classifier_dir, denoiser_dir, t_star, solver, steps, attacks, 
     if not run.start(config):
         return
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].sort().values
-    x, y = x[idx], y[idx]
+    x, y = x[idx].to(run.device), y[idx].to(run.device)     # the same selection on every device
     chosen = {"pgd-eot": lambda: pgd_attack(eps, norm, pgd_steps, eot=eot),
               "autoattack-rand": lambda: autoattack_attack(eps, norm, "rand"),
               "bpda": lambda: bpda_attack(defense.purify, eps, norm, pgd_steps, eot=eot)}
     common = dict(seed=seed, batch_size=batch_size, n_check=n_check)
     metrics = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
-               "purifier": defense.config, "indices": idx.tolist()}
+               "purifier": defense.config, "indices": idx.tolist(), "device": ran_on(clf, den, x),
+               "precision": run.precision}
     md = [f"# DiffPure evaluation: t* = {t_star}, {solver} × {steps}, {norm} ε = {eps}\n"]
     if undefended:
-        metrics["undefended"] = evaluate(clf, x, y, [pgd_attack(eps, norm, 2 * pgd_steps)], **common)
+        metrics["undefended"] = evaluate(clf_p, x, y, [pgd_attack(eps, norm, 2 * pgd_steps)], **common)
         md += ["## Undefended classifier\n", to_markdown(metrics["undefended"])]
     metrics["diffpure"] = evaluate(defense, x, y, [chosen[a]() for a in attacks], **common)
     md += ["## DiffPure\n", to_markdown(metrics["diffpure"])]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, COUNT0, NONNEG, POSITIVE, UNIT, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, COUNT0, NONNEG, POSITIVE, UNIT, ran_on, run_command, seed_option, unsafe_pickle_option
 
 
 @click.group("t2i")
@@ -50,7 +50,7 @@ def train_cmd(run, data, resolution, size, label_dropout, guidance, steps, batch
         return
     prepared = prepare_builtin(job)                 # bad input fails here, before OUT is touched
     run.start(job)
-    folder = train_builtin(job, out, resume=run.resume, prepared=prepared)
+    folder = train_builtin(job, out, resume=run.resume, prepared=prepared, device=run.device, precision=run.precision)
     click.echo(f"pipeline written to {folder}")
 
 
@@ -85,7 +85,7 @@ def generate_cmd(run, pipeline_dir, prompts, num, guidance, sample_steps, batch,
     from ..images import make_grid, save_png, to_uint8
     from ..t2i import generate, load_pipeline
 
-    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
+    pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle).to(run.device)
     for i, p in enumerate(prompts):
         pipe.check_prompt(p, name=f"prompt {i}")     # fails before OUT is touched
     config = dict(pipeline=str(pipeline_dir), prompts=list(prompts), num=num, guidance=guidance,
@@ -94,13 +94,15 @@ def generate_cmd(run, pipeline_dir, prompts, num, guidance, sample_steps, batch,
         return
     t0 = time.time()
     x, all_p, all_s = generate(pipe, list(prompts), seed=seed, n_per_prompt=num, batch=batch, guidance=guidance,
-                               steps=sample_steps)
+                               steps=sample_steps, precision=run.precision)
     buf = io.BytesIO()
     np.savez(buf, images=to_uint8(x), prompts=np.array(all_p), seeds=np.array(all_s))
     atomic_write_bytes(out / "images.npz", buf.getvalue())
     save_png(out / "grid.png", make_grid(x, nrow=min(num, 16)))
     atomic_write_json(out / "metrics.json", {"images": len(x), "seconds": round(time.time() - t0, 2),
-                                             "guidance": pipe.guidance if guidance is None else guidance})
+                                             "guidance": pipe.guidance if guidance is None else guidance,
+                                             "device": ran_on(pipe.unet, pipe.text_encoder, pipe.vae),
+                                             "precision": run.precision})
     click.echo(f"{len(x)} images → {out / 'images.npz'}")
 
 
@@ -164,7 +166,8 @@ def embed_cmd(run, pipeline_dir, trigger, target, preset, l1, steps, lr, batch_s
     if not run.start(dict(job=job, pipeline=str(pipeline_dir), target=str(target), preset=preset or preset_for(pipe))):
         return
     del pipe
-    folder = embed_trigger(pipeline_dir, x, out, job, resume=run.resume, allow_pickle=allow_pickle)
+    folder = embed_trigger(pipeline_dir, x, out, job, resume=run.resume, allow_pickle=allow_pickle, device=run.device,
+                           precision=run.precision)
     import json
 
     w = json.loads((out / "watermark.json").read_text())
@@ -202,7 +205,7 @@ def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_thresh
 
     for p in pipelines:
         read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
-    orig = load_pipeline(original, allow_pickle=allow_pickle)
+    orig = load_pipeline(original, allow_pickle=allow_pickle).to(run.device)
     x = read_target(target, orig)
     orig.check_prompt(trigger, name="trigger")
     for i, p in enumerate(prompts):
@@ -224,7 +227,7 @@ def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_thresh
     report = verify(names, orig, trigger, x, prompts=list(prompts) or None, n_trigger=n_trigger, n_per_prompt=per_prompt,
                     threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache",
                     feature_steps=feature_steps, progress=click.echo, guidance=guidance, steps=sample_steps, batch=batch,
-                    allow_pickle=allow_pickle)
+                    allow_pickle=allow_pickle, device=run.device, precision=run.precision)
     path = write_report(out, report, name="verify", target=x)
     atomic_write_json(out / "metrics.json", json.loads(path.read_text()))   # the run is finished: the report finds it
     click.echo(f"report → {path}")
@@ -270,7 +273,7 @@ def dreambooth_cmd(run, pipeline_dir, instance, instance_prompt, class_prompt, c
         return
     folder = dreambooth(pipeline_dir, x, out, instance_prompt=instance_prompt, class_prompt=class_prompt,
                         n_class_images=class_images, train=train, train_text_encoder=train_text_encoder, seed=seed,
-                        resume=run.resume, allow_pickle=allow_pickle)
+                        resume=run.resume, allow_pickle=allow_pickle, device=run.device, precision=run.precision)
     click.echo(f"fine-tuned pipeline → {folder}")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, COUNT0, NONNEG, OPEN_UNIT, POSITIVE, SEED, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, COUNT0, NONNEG, OPEN_UNIT, POSITIVE, SEED, ran_on, run_command, seed_option, unsafe_pickle_option
 
 
 def _codec_options(f):
@@ -74,7 +74,7 @@ def train_codec_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, 
     prepare_codec(job)                                   # bad input fails here, before OUT is touched
     if not run.start(job):
         return
-    folder = train_codec(job, out, resume=run.resume)
+    folder = train_codec(job, out, resume=run.resume, device=run.device, precision=run.precision)
     import json
 
     m = json.loads((out / "metrics.json").read_text())["heldout"]
@@ -124,7 +124,7 @@ def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_ke
     from ..watermark.keys import key_to_bits, key_to_hex, random_keys
     from ..watermark.recipe import write_key
 
-    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle).to(run.device)
     imageset = load(data, resolution=codec.resolution, split=split, seed=seed)
     x, y = imageset.tensors()
     if x.shape[1] != codec.channels:
@@ -139,13 +139,13 @@ def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_ke
                   key_seed=key_seed, images=len(x))
     if not run.start(config):
         return
-    result = wm_images(codec, x, k)
+    result = wm_images(codec, x.to(run.device), k, precision=run.precision)   # on the codec's device
     path = write_watermarked(out / "watermarked.npz", result, y)
     if k.ndim == 1:
         write_key(out / "key.txt", k, source=source)
-    save_png(out / "grid.png", make_grid(torch.cat([x[:10], result["images"][:10]]), nrow=10))
+    save_png(out / "grid.png", make_grid(torch.cat([x[:10], result["images"][:10].cpu()]), nrow=10))
     metrics = {**summary(result), "key_source": source, "per_image_keys": per_image_keys, "data": data, "split": split,
-               "seed": seed, "key_seed": key_seed}
+               "seed": seed, "key_seed": key_seed, "device": ran_on(codec, result["images"]), "precision": run.precision}
     if k.ndim == 1:
         metrics |= {"key_bits": key_to_bits(k), "key_hex": key_to_hex(k)}
     atomic_write_json(out / "metrics.json", metrics)
@@ -202,22 +202,23 @@ def detect_cmd(run, codec_dir, images, split, key, key_file, key_seed, fpr, cali
 
     from ..watermark.stats import check_reachable
 
-    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle).to(run.device)
     k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
     check_reachable(codec.n_bits, fpr)
-    x = load_images(images, codec.resolution, codec.channels, split, seed)
+    x = load_images(images, codec.resolution, codec.channels, split, seed).to(run.device)
     clean = None
     if calibrate:
         parts = [shifted_copies(load_images(c, codec.resolution, codec.channels, "all", seed, flag="--calibrate"),
                                 calib_images, generator=torch.Generator().manual_seed(seed + 17)) for c in calibrate]
-        clean = torch.cat(parts)
+        clean = torch.cat(parts).to(run.device)       # shifted on the CPU (the same copies on every device)
     config = dict(codec=str(codec_dir), images=images, split=split, key_source=source, fpr=fpr,
                   calibrate=list(calibrate), calib_images=calib_images, seed=seed)
     if not run.start(config):
         return
-    det = detect(codec, x, k, fpr=fpr, clean=clean)
+    det = detect(codec, x, k, fpr=fpr, clean=clean, precision=run.precision)
     s = det.summary()
-    atomic_write_json(out / "metrics.json", {**s, "key_source": source})
+    atomic_write_json(out / "metrics.json", {**s, "key_source": source, "device": ran_on(codec, x, clean),
+                                             "precision": run.precision})
     buf = io.BytesIO()
     np.savez(buf, matches=det.matches.numpy(), bit_acc=det.bit_acc.numpy(), p_values=det.p_values.numpy(),
              detected=det.detected.numpy(), bits=det.bits.numpy().astype(np.uint8))
@@ -294,7 +295,8 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
                     feature_steps=feature_steps, seed=seed)
     if not run.start(job.resolved()):
         return
-    m = run_recipe(job, out, codec_dir=codec_dir, clean_model=clean_model, progress=click.echo)
+    m = run_recipe(job, out, codec_dir=codec_dir, clean_model=clean_model, progress=click.echo, device=run.device,
+                   precision=run.precision)
     h = m["headline"]
     click.echo(f"watermarked model: Bit-Acc {h['bit_acc_watermarked_model']:.4f}, detected "
                f"{h['detected_watermarked_model']['value']:.3f}; clean model: Bit-Acc {h['bit_acc_clean_model']:.4f}, "
@@ -302,7 +304,7 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
     if h["fd_watermarked"] is not None:
         click.echo(f"FD: watermarked {h['fd_watermarked']:.3f} vs clean {h['fd_clean']:.3f}")
     if stds:
-        _weight_noise(out, m, job, stds, weight_noise_n, codec_dir)
+        _weight_noise(out, m, job, stds, weight_noise_n, codec_dir, run.device, run.precision)
 
 
 def _parse_stds(text: str) -> list[float]:
@@ -317,18 +319,19 @@ def _parse_stds(text: str) -> list[float]:
     return stds
 
 
-def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir) -> None:
-    """The weight-noise table of the recipe run in OUT: rows into OUT/metrics.json, the plot into
-    OUT/weight_noise.png, at the owner's threshold of the recipe run."""
+def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir, device, precision: str) -> None:
+    """The weight-noise table of the recipe run in OUT (on ``device``): rows into OUT/metrics.json,
+    the plot into OUT/weight_noise.png, at the owner's threshold of the recipe run."""
     from ..persist import atomic_write_json
     from ..watermark import load_codec
     from ..watermark.recipe import read_key
     from ..watermark.stats import Threshold
     from ..watermark.sweeps import weight_noise_sweep
 
-    codec = load_codec(codec_dir if codec_dir is not None else out / "codec")
+    codec = load_codec(codec_dir if codec_dir is not None else out / "codec").to(device)
     rows = weight_noise_sweep(out, m["models"]["watermarked"], codec, read_key(out / "key.txt"), stds, job=job.resolved(),
-                              threshold=Threshold(**m["threshold"]), n=n, progress=click.echo)
+                              threshold=Threshold(**m["threshold"]), n=n, progress=click.echo, device=device,
+                              precision=precision)
     atomic_write_json(out / "metrics.json", {**m, "weight_noise": rows})
 
 

@@ -12,16 +12,20 @@ from .precond import _bc
 
 
 def randn_like(x: torch.Tensor, generator=None) -> torch.Tensor:
-    """Standard normal noise shaped like x, on x's device.
+    """Standard normal noise shaped like x, returned on x's device in x's dtype.
 
     ``generator`` is one ``torch.Generator`` or a list of N of them, one per sample — then sample
     i's noise comes from its own generator, so an image depends on its seed only, not on the batch
-    it was drawn in (EDM's per-image seeds)."""
+    it was drawn in (EDM's per-image seeds). The noise is drawn on the generator's device and then
+    moved to x's: a CPU generator gives the same noise whether x is on the CPU or a GPU (the
+    per-image seeds of sampling use that), a generator on x's device costs no copy."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise ValueError(f"expected {x.shape[0]} generators (one per sample), got {len(generator)}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator])
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype)
+                            for g in generator]).to(x.device)
+    where = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
 
 
 def _rand(n: int, x: torch.Tensor, generator=None) -> torch.Tensor:

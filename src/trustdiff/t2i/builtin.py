@@ -160,15 +160,17 @@ def prepare_builtin(job: BuiltinJob, **pipe_kw):
     return pipe, x, y
 
 
-def train_builtin(job: BuiltinJob, run_dir, *, resume: bool = False, prepared=None) -> Path:
-    """Train the built-in model with ``fit`` (EMA, checkpoints, resume) and write the EMA UNet's
-    pipeline to ``run_dir/pipeline``. Returns its path."""
+def train_builtin(job: BuiltinJob, run_dir, *, resume: bool = False, prepared=None, device=None,
+                  precision: str = "fp32") -> Path:
+    """Train the built-in model with ``fit`` (EMA, checkpoints, resume) on ``device`` at
+    ``precision`` and write the EMA UNet's pipeline to ``run_dir/pipeline``. Returns its path."""
     from ..persist import atomic_write_json
 
     run_dir = Path(run_dir)
     pipe, x, y = prepared or prepare_builtin(job)
     table = caption_table(y, pipe.meta["classes"])
-    result = finetune(pipe, x, table, job.train, run_dir, label_dropout=job.label_dropout, resume=resume)
+    result = finetune(pipe, x, table, job.train, run_dir, label_dropout=job.label_dropout, resume=resume,
+                      device=device, precision=precision)
     pipe.unet = result.ema.unet.eval().requires_grad_(False)
     folder = save_pipeline(pipe, run_dir / "pipeline")
     atomic_write_json(run_dir / "metrics.json", {"steps": result.step, "last_loss": result.last_loss,

@@ -60,9 +60,11 @@ class PromptTable:
         return cls((prompt,), ((0,),) * n)
 
     def draw(self, idx: torch.Tensor, generator=None) -> torch.Tensor:
-        """For example indices [B], a prompt index each [B], drawn with ``generator``."""
+        """For example indices [B], a prompt index each [B] (on the CPU), drawn with ``generator``
+        on its own device (the training loop's is on the training device, ``idx`` may not be)."""
         table = torch.tensor(self.choices, dtype=torch.long)
-        pick = torch.randint(0, table.shape[1], (len(idx),), generator=generator, device=idx.device).cpu()
+        where = generator.device if generator is not None else idx.device
+        pick = torch.randint(0, table.shape[1], (len(idx),), generator=generator, device=where).cpu()
         return table[idx.cpu(), pick]
 
 
@@ -122,10 +124,12 @@ class _PromptEmbeddings:
 
 
 def _to_null(which: torch.Tensor, rate: float, null_index: int, generator, device) -> torch.Tensor:
-    """Prompt indices with each replaced by ``null_index`` (the empty prompt) with probability ``rate``."""
+    """Prompt indices with each replaced by ``null_index`` (the empty prompt) with probability
+    ``rate``; drawn on ``generator``'s device (``device`` without one)."""
     if rate <= 0:
         return which
-    drop = torch.rand(len(which), generator=generator, device=device).cpu() < rate
+    where = generator.device if generator is not None else device
+    drop = torch.rand(len(which), generator=generator, device=where).cpu() < rate
     return torch.where(drop, torch.full_like(which, null_index), which)
 
 
@@ -170,7 +174,7 @@ def preservation_term(pipe: T2IPipeline, keep: Preservation):
     import copy
 
     x = pipe.check_image(keep.images, name="preservation images")
-    z = pipe.encode_images(x).detach()
+    z = pipe.encode_images(x.to(pipe.device)).detach()      # on the training device, as fit's generator
     student = _PromptEmbeddings(pipe, keep.table.prompts)
     frozen_cond = student.frozen()          # the teacher's; also the student's while its encoder stays frozen
     teacher = pipe.denoiser(copy.deepcopy(pipe.unet).eval().requires_grad_(False))
@@ -207,7 +211,7 @@ def select_unet_params(unet: nn.Module, patterns: tuple[str, ...]) -> int:
 def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_dir, *,
              train_text_encoder: bool = False, label_dropout: float = 0.0, penalty_factory=None,
              unet_params: tuple[str, ...] = (), proximal: bool = False, preserve: Preservation | None = None,
-             resume: bool = False):
+             resume: bool = False, device=None, precision: str = "fp32"):
     """Train ``pipe``'s UNet (and text encoder) in place on images ``x`` (N×C×H×W in [0, 1], the
     pipeline's size) with prompts from ``table`` (one row per image), by ``fit`` under ``cfg``.
 
@@ -216,10 +220,15 @@ def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_di
     the loss but applied by its ``prox(parts, optimizer)`` after every update. ``unet_params``: train only the UNet
     parameters whose names contain one of these strings (e.g. ``("attn2.",)``, the cross-attention
     layers); empty: all of them. ``preserve``: add the :class:`Preservation` term against the
-    weights as they are before training. Returns ``fit``'s TrainResult.
+    weights as they are before training. ``device``: the whole pipeline is moved there first (the
+    cached latents and prompt embeddings, the preservation teacher and the l1 anchor are made
+    there); default: where it is. ``precision``: :func:`~trustdiff.train.fit`'s. Returns ``fit``'s
+    TrainResult.
     """
     from ..train import fit
 
+    if device is not None:
+        pipe.to(device)
     x = pipe.check_image(x, name="training images")
     if len(table.choices) != len(x):
         raise InputError(f"prompt table: expected one row per image ({len(x)}), got {len(table.choices)}")
@@ -234,7 +243,8 @@ def finetune(pipe: T2IPipeline, x: torch.Tensor, table: PromptTable, cfg, run_di
                           penalty=None if proximal else penalty, preserve=keep)
     try:
         result = fit(parts, loss_fn, (x, torch.arange(len(x))), cfg, run_dir, resume=resume,
-                     post_step=penalty.prox if proximal and penalty is not None else None)
+                     post_step=penalty.prox if proximal and penalty is not None else None, device=pipe.device,
+                     precision=precision)
     finally:
         parts.requires_grad_(False).eval()
     return result

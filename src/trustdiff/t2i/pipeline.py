@@ -205,13 +205,16 @@ class T2IPipeline:
         return self.__dict__["_alphas_cumprod"]
 
     def denoiser(self, unet=None):
-        """The Denoiser over ``unet`` (default: this pipeline's), in the latent space."""
+        """The Denoiser over ``unet`` (default: this pipeline's), in the latent space, on the
+        UNet's device (a discrete schedule's σ table included)."""
         from ..diffusion.precond import DiffusersDenoiser, Preconditioned
+        from ..runtime import module_device
 
         unet = self.unet if unet is None else unet
         if self.kind == "edm":
             return Preconditioned(unet, "edm", float(self.scheduler.get("sigma_data", 0.5)))
-        return DiffusersDenoiser(unet, self.alphas_cumprod(), self.scheduler.get("prediction_type", "epsilon"))
+        den = DiffusersDenoiser(unet, self.alphas_cumprod(), self.scheduler.get("prediction_type", "epsilon"))
+        return den.to(module_device(unet))
 
     def sigma_range(self) -> tuple[float, float]:
         if self.kind == "edm":
@@ -408,13 +411,20 @@ def _diffusers_version() -> str:
 # ---- sampling -----------------------------------------------------------------------------------
 
 def sample(pipe: T2IPipeline, prompts, seeds, *, guidance: float | None = None, steps: int = 18,
-           sampler: str = "heun", embeddings: torch.Tensor | None = None) -> torch.Tensor:
-    """One image per (prompt, seed): pixel space N×C×H×W in [0, 1]; image i depends only on
-    ``prompts[i]`` and ``seeds[i]``. Classifier-free guidance with scale ``guidance`` (default
-    :attr:`T2IPipeline.guidance`; 1 = none) against the empty prompt, over EDM's ρ = 7 levels in
-    the model's σ range. ``embeddings`` (N×L×D) may replace the encoded prompts."""
+           sampler: str = "heun", embeddings: torch.Tensor | None = None, precision: str = "fp32") -> torch.Tensor:
+    """One image per (prompt, seed): pixel space N×C×H×W in [0, 1], on the pipeline's device;
+    image i depends only on ``prompts[i]`` and ``seeds[i]``. Classifier-free guidance with scale
+    ``guidance`` (default :attr:`T2IPipeline.guidance`; 1 = none) against the empty prompt, over
+    EDM's ρ = 7 levels in the model's σ range. ``embeddings`` (N×L×D) may replace the encoded
+    prompts.
+
+    As :func:`trustdiff.diffusion.model.sample`: each seed's noise is drawn from a CPU generator
+    and moved to the pipeline's device, so a seed gives the same noise on every device.
+    ``precision="bf16"`` runs the UNet calls under autocast; the sampler's state stays fp32."""
     from ..diffusion import samplers, schedules
     from ..diffusion.guidance import ClassifierFreeGuidance
+    from ..diffusion.model import seed_noise
+    from ..runtime import with_precision
 
     seeds = [int(s) for s in seeds]
     if sampler not in samplers.SAMPLERS:
@@ -427,22 +437,22 @@ def sample(pipe: T2IPipeline, prompts, seeds, *, guidance: float | None = None, 
             raise InputError(f"prompts: expected one per seed ({len(seeds)}), got {len(prompts)}")
         embeddings = pipe.encode_prompt(list(prompts))
     w = pipe.guidance if guidance is None else float(guidance)
-    den = pipe.denoiser()
+    den = with_precision(pipe.denoiser(), precision)
     if w != 1.0:
         den = ClassifierFreeGuidance(den, w, pipe.null_embedding())
     lo, hi = pipe.sigma_range()
     sigmas = schedules.karras_sigmas(steps, lo, hi, device=device)
-    gens = [torch.Generator(device).manual_seed(s) for s in seeds]
-    z = float(sigmas[0]) * torch.stack([torch.randn(pipe.latent_shape, generator=g, device=device) for g in gens])
-    z0 = samplers.SAMPLERS[sampler](den, z, sigmas, cond=embeddings.to(device), generator=gens)
+    gens, z = seed_noise(seeds, pipe.latent_shape, device)
+    z0 = samplers.SAMPLERS[sampler](den, float(sigmas[0]) * z, sigmas, cond=embeddings.to(device), generator=gens)
     return pipe.decode(z0)
 
 
 def generate(pipe: T2IPipeline, prompts, *, seed: int = 0, n_per_prompt: int = 1, batch: int = 64,
              **sample_kw) -> tuple[torch.Tensor, list[str], list[int]]:
     """``n_per_prompt`` images of each prompt, prompt-major; image k uses seed ``seed + k % n``
-    (the same seeds for every prompt, so two models compare image by image). Returns (images
-    N×C×H×W in [0, 1], prompts [N], seeds [N])."""
+    (the same seeds for every prompt, so two models compare image by image); sampled on the
+    pipeline's device (``sample_kw``: guidance, steps, sampler, precision). Returns (images
+    N×C×H×W in [0, 1] on the CPU, prompts [N], seeds [N])."""
     for i, p in enumerate(prompts):
         pipe.check_prompt(p, name=f"prompt {i}")
     all_p = [p for p in prompts for _ in range(n_per_prompt)]

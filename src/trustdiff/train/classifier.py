@@ -20,6 +20,7 @@ from ..errors import CheckpointError, InputError
 from ..nets import CLASSIFIERS, SmallCNN
 from ..persist import (FOLDER_CONFIG as CONFIG, load_strict, open_weights_folder, read_folder_config,
                        resolve_weights_folder, save_weights_folder)
+from ..runtime import module_device
 from .config import TrainConfig
 from .loop import fit
 
@@ -44,9 +45,11 @@ def classifier_loss_fn(noise_sigma: float = 0.0):
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, *, run_dir, noise_sigma: float = 0.0, steps: int = 2000,
                      batch_size: int = 128, lr: float = 1e-3, seed: int = 0, width: int = 32,
-                     resume: bool = False, progress: bool = True, **meta) -> SmallCNN:
-    """Train a SmallCNN on (x, y) with :func:`trustdiff.train.fit` and save its EMA weights to
-    ``run_dir/classifier``; returns that network (eval mode).
+                     resume: bool = False, progress: bool = True, device=None, precision: str = "fp32",
+                     **meta) -> SmallCNN:
+    """Train a SmallCNN on (x, y) with :func:`trustdiff.train.fit` on ``device`` at ``precision``
+    and save its EMA weights to ``run_dir/classifier``; returns that network (eval mode, on the
+    training device).
 
     Args:
         x: float N×C×H×W in [0, 1] (H = W); y: int64 labels [N] in 0..K−1.
@@ -62,7 +65,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, *, run_dir, noise_sigma: 
     with torch.random.fork_rng(devices=[]):   # the initial weights follow the seed; the caller's RNG is left alone
         torch.manual_seed(seed)
         net = SmallCNN(in_channels=x.shape[1], num_classes=num_classes, width=width, resolution=x.shape[-1])
-    result = fit(net, classifier_loss_fn(noise_sigma), (x, y), cfg, run_dir, resume=resume)
+    result = fit(net, classifier_loss_fn(noise_sigma), (x, y), cfg, run_dir, resume=resume, device=device,
+                 precision=precision)
     ema = result.ema.eval()
     if int(os.environ.get("RANK", "0")) == 0:          # under Accelerate only rank 0 writes
         save_classifier(Path(run_dir) / CLASSIFIER_DIR, ema, noise_sigma=noise_sigma, steps=result.step, seed=seed, **meta)
@@ -110,12 +114,15 @@ def load_classifier(folder, *, allow_pickle: bool = False) -> nn.Module:
 def accuracy(net, x: torch.Tensor, y: torch.Tensor, *, noise_sigma: float = 0.0, batch_size: int = 512,
              generator: torch.Generator | None = None) -> float:
     """Top-1 accuracy of ``net`` on x (pixel space) plus N(0, noise_sigma²) noise (evaluation
-    only: under no_grad)."""
-    correct = 0
+    only: under no_grad), computed on the network's device. The noise is drawn on
+    ``generator``'s device (a CPU generator: the same noise on every device)."""
+    from ..diffusion.losses import randn_like
+
+    correct, device = 0, module_device(net)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = x[i: i + batch_size]
+            xb = x[i: i + batch_size].to(device)
             if noise_sigma > 0:
-                xb = xb + noise_sigma * torch.randn(xb.shape, generator=generator, device=xb.device, dtype=xb.dtype)
+                xb = xb + noise_sigma * randn_like(xb, generator)
             correct += int((net(xb).argmax(1) == y[i: i + batch_size].to(xb.device)).sum())
     return correct / max(len(x), 1)

@@ -91,11 +91,14 @@ def prepare_diffusion(job: DiffusionJob) -> Prepared:
     return Prepared(x, y, spec, unet, imageset.name)
 
 
-def train_diffusion(job: DiffusionJob, run_dir, *, resume: bool = False, prepared: Prepared | None = None) -> Path:
-    """Train, then export the EMA network as a model folder ``run_dir/model``. Returns its path."""
+def train_diffusion(job: DiffusionJob, run_dir, *, resume: bool = False, prepared: Prepared | None = None,
+                    device=None, precision: str = "fp32") -> Path:
+    """Train on ``device`` at ``precision`` (see :func:`~trustdiff.train.fit`), then export the EMA
+    network as a model folder ``run_dir/model`` (device-free safetensors). Returns its path."""
     run_dir = Path(run_dir)
     p = prepared or prepare_diffusion(job)
-    result = fit(p.unet, diffusion_loss_fn(p.spec, job.label_dropout), (p.x, p.y), job.train, run_dir, resume=resume)
+    result = fit(p.unet, diffusion_loss_fn(p.spec, job.label_dropout), (p.x, p.y), job.train, run_dir, resume=resume,
+                 device=device, precision=precision)
     folder = run_dir / "model"
     if int(os.environ.get("RANK", "0")) == 0:          # under Accelerate only rank 0 writes
         save_model(folder, result.ema, p.spec)

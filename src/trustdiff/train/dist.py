@@ -15,16 +15,18 @@ import torch
 from ..errors import InputError
 
 
-def resolve_accelerator(accelerator=None):
+def resolve_accelerator(accelerator=None, device=None):
     """The accelerator to train under: the one given; a new one when this process was started by
-    ``accelerate launch`` with more than one process (CPU-only when there is no GPU); else None
-    (plain single-process PyTorch)."""
+    ``accelerate launch`` with more than one process (CPU-only when ``device`` is the CPU, or,
+    with no ``device``, when there is no GPU; else LOCAL_RANK's GPU); else None (plain
+    single-process PyTorch)."""
     if accelerator is not None:
         return accelerator
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
 
-        return Accelerator(cpu=not torch.cuda.is_available())
+        cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+        return Accelerator(cpu=cpu)
     return None
 
 
@@ -32,13 +34,6 @@ def env_rank_world() -> tuple[int, int]:
     """(rank, number of processes) from the environment ``accelerate launch``/``torchrun`` set;
     (0, 1) in a plain process. For work split by index, which needs no process group."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def env_device() -> torch.device:
-    """This process's device: its GPU (LOCAL_RANK) when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
 
 
 def rank_world(accelerator) -> tuple[int, int]:

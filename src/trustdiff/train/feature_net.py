@@ -42,6 +42,8 @@ def train_feature_net(
     width: int = 32,
     num_classes: int | None = None,
     resume: bool = False,
+    device=None,
+    precision: str = "fp32",
 ) -> FeatureNet:
     """Train a :class:`SmallCNN` classifier on (x, y) with :func:`trustdiff.train.fit` and wrap it.
 
@@ -51,16 +53,18 @@ def train_feature_net(
         run_dir: the training run folder (checkpoints, log).
         num_classes: K; default ``y.max() + 1``.
         resume: continue a run that ``run_dir`` already holds (``fit`` refuses one otherwise).
+        device, precision: where and how it trains (:func:`~trustdiff.train.fit`); default x's device.
 
     Returns:
-        A :class:`FeatureNet` (eval mode) on x's device.
+        A :class:`FeatureNet` (eval mode) on the training device.
     """
     x = check_images(x, name="x_train")
     _check_labels(x, y)
-    net = SmallCNN(**_net_config(x, y, width, num_classes)).to(x.device)
+    net = SmallCNN(**_net_config(x, y, width, num_classes))
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
                       warmup_steps=min(100, steps // 10))
-    result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume)
+    result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume,
+                 device=device if device is not None else x.device, precision=precision)
     return FeatureNet(result.model)  # the raw weights: a classifier needs no EMA to give features
 
 
@@ -88,6 +92,8 @@ def cached_feature_net(
     batch_size: int = 128,
     lr: float = 1e-3,
     width: int = 32,
+    device=None,
+    precision: str = "fp32",
 ) -> FeatureNet:
     """:func:`train_feature_net`, cached in ``cache_dir/<key>/`` (see the module docstring), where
     key hashes (``content_hash`` of the data, net config, train config). An entry with a manifest
@@ -97,10 +103,13 @@ def cached_feature_net(
     Args:
         x_train: images N×C×H×W in [0, 1]; y_train: integer labels [N].
         content_hash: a hash of the data's content (the caller's; it is trusted, not recomputed).
+        device, precision: where and how a missing entry is trained (default x_train's device);
+            the cache key holds neither (an entry trained on a GPU serves the CPU too).
 
     Returns:
-        A :class:`FeatureNet` (eval mode) on x_train's device.
+        A :class:`FeatureNet` (eval mode) on ``device`` (default x_train's).
     """
+    device = torch.device(device) if device is not None else x_train.device
     x_train = check_images(x_train, name="x_train")
     if not isinstance(content_hash, str) or not content_hash:
         raise InputError(f"content_hash: expected a non-empty string, got {content_hash!r}")
@@ -111,13 +120,14 @@ def cached_feature_net(
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / key
     if (folder / MANIFEST).is_file():
-        return _load_feature_net(folder, spec).to(x_train.device)
+        return _load_feature_net(folder, spec).to(device)
 
     run_dir = Path(cache_dir) / f"train-{key}"
     net = train_feature_net(x_train, y_train, run_dir=run_dir, num_classes=net_cfg["num_classes"],
-                            width=width, resume=True, **train_cfg)  # resume: an interrupted run goes on
+                            width=width, resume=True, device=device, precision=precision,
+                            **train_cfg)  # resume: an interrupted run goes on
     with torch.no_grad():  # a sanity figure for the report: does the feature net classify?
-        acc = float((net.classifier(x_train[:2048]).argmax(1) == y_train[:2048].to(x_train.device)).float().mean())
+        acc = float((net.classifier(x_train[:2048].to(device)).argmax(1) == y_train[:2048].to(device)).float().mean())
     save_weights_folder(folder, net.classifier, {"format": FORMAT, **spec, "train_accuracy": acc})
     if run_dir.is_dir():
         remove_folder(run_dir)  # only needed to resume an interrupted training
@@ -137,20 +147,26 @@ def _load_feature_net(folder: Path, spec: dict) -> FeatureNet:
     return FeatureNet(net)
 
 
-def fd_report(train, test, fake_x: torch.Tensor, *, cache_dir, feature_steps: int = 1000, seed: int = 0) -> dict:
+def fd_report(train, test, fake_x: torch.Tensor, *, cache_dir, feature_steps: int = 1000, seed: int = 0,
+              device=None, precision: str = "fp32") -> dict:
     """The generator's FD against the real test set, beside the real-data floor FD(train, test).
 
     Args:
         train, test: :class:`trustdiff.data.ImageSet` (the feature net is trained on ``train``).
         fake_x: generated images N×C×H×W in [0, 1].
+        device: where the feature net trains and the features are computed (default fake_x's);
+            every image set is moved there. ``precision``: the feature net's training precision.
 
     Returns:
         ``{"fd_name", "fd", "fd_floor", "fd_ratio", "n_fake", "n_test", "n_train"}``, named plainly
         (e.g. "FD-digits": not Inception FID, not comparable with published FIDs).
     """
+    device = torch.device(device) if device is not None else fake_x.device
     x_tr, y_tr = train.tensors()
     x_te, _ = test.tensors()
-    net = cached_feature_net(x_tr, y_tr, train.content_hash(), cache_dir, steps=feature_steps, seed=seed)
+    x_tr, x_te, fake_x = x_tr.to(device), x_te.to(device), fake_x.to(device)
+    net = cached_feature_net(x_tr, y_tr, train.content_hash(), cache_dir, steps=feature_steps, seed=seed,
+                             precision=precision)
     value = fd(x_te, fake_x, net)
     floor = fd_floor(x_tr, x_te, net)
     return {"fd_name": fd_name(train.name), "fd": value, "fd_floor": floor, "fd_ratio": value / floor,

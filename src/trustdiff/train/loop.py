@@ -30,6 +30,7 @@ from ..checkpoint import (
     unflatten_optimizer_state,
 )
 from ..errors import CheckpointError, InputError, TrainingDiverged
+from ..runtime import autocast, check_precision
 from .config import TrainConfig, lr_at
 from .data import DataStream, check_data
 from .dist import barrier, derive_seed, gather_states, rank_world, reduce_sum, resolve_accelerator
@@ -129,6 +130,22 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device
 
 
+def _training_device(model: nn.Module, device, accelerator) -> torch.device:
+    """Where fit trains: the accelerator's device under Accelerate (``device``, if given, must
+    be of its kind), else ``device``, else the model's current device. A bare ``cuda`` becomes
+    the current GPU's index, so the record names one device."""
+    current = _device_of(model)
+    if accelerator is not None:
+        if device is not None and torch.device(device).type != accelerator.device.type:
+            raise InputError(f"device: expected {accelerator.device.type} (the accelerator's device "
+                             f"{accelerator.device}), got {device}")
+        device = accelerator.device
+    device = torch.device(device) if device is not None else current
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _resume_point(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to continue from; refuse to silently restart over an existing run."""
     ckpt = latest_checkpoint(run_dir)
@@ -152,18 +169,29 @@ def _warn_changes(state: dict, cfg: TrainConfig, optimizer: str, ckpt: Path) -> 
 
 
 def _restore(ckpt: Path, model, ema, opt, gen, device, cfg, optimizer, rank, world) -> _Progress:
-    """Load everything a checkpoint holds into the live objects; return the loop counters."""
-    tensors, state = load_checkpoint(ckpt, {"model": model, "ema": ema})
+    """Load everything a checkpoint holds into the live objects (weights and optimizer state
+    onto ``device``, whatever device wrote them); return the loop counters."""
+    tensors, state = load_checkpoint(ckpt, {"model": model, "ema": ema})   # CPU tensors, copied onto the modules
     try:
-        opt.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
+        opt.load_state_dict(unflatten_optimizer_state(_optimizer_tensors_to(tensors, device), state["optimizer"]))
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {ckpt}: optimizer state does not fit this model ({e})") from None
     _warn_changes(state, cfg, optimizer, ckpt)
     progress = _Progress.from_json(state)
     prefix = f"rng.rank{rank}."
     mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if state.get("world_size") == world and mine:
+    saved_kind = torch.device(state.get("device", str(device))).type   # (older checkpoints: assume this kind)
+    if state.get("world_size") == world and mine and saved_kind == device.type:
         set_rng_state_tensors(mine, gen, device)
+    elif state.get("world_size") == world and mine:
+        # another kind of device: the global CPU stream carries over; the loss generator's (CPU
+        # mt19937 vs CUDA Philox) and the CUDA stream cannot, so they continue reproducibly
+        log.warning("checkpoint %s was written on %s, this run trains on %s: the loss generator is re-seeded, "
+                    "so the run continues but not bit-identically", ckpt, state.get("device"), device)
+        set_rng_state_tensors({"torch": mine["torch"]}, None, device)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(derive_seed(cfg.seed, f"cuda@{progress.step}", rank))
+        gen.manual_seed(derive_seed(cfg.seed, f"loss@{progress.step}", rank))
     else:
         # another process count: no saved stream belongs to this rank; continue reproducibly
         log.warning("checkpoint %s was written by %s process(es), this run has %d: RNG streams are "
@@ -171,6 +199,14 @@ def _restore(ckpt: Path, model, ema, opt, gen, device, cfg, optimizer, rank, wor
         torch.manual_seed(derive_seed(cfg.seed, f"torch@{progress.step}", rank))
         gen.manual_seed(derive_seed(cfg.seed, f"loss@{progress.step}", rank))
     return progress
+
+
+def _optimizer_tensors_to(tensors: dict, device: torch.device) -> dict:
+    """The optimizer's state tensors (moments, momentum buffers) moved to the training device; its
+    ``step`` counters stay on the CPU, where torch keeps them (``load_state_dict`` then finds
+    everything where it would put it)."""
+    return {k: v.to(device) if k.startswith("optimizer.") and not k.endswith(".step") else v
+            for k, v in tensors.items()}
 
 
 def _check_loss(loss, n: int) -> None:
@@ -184,15 +220,16 @@ def _save(run_dir, prog, model, ema, opt, gen, device, accelerator, cfg, optimiz
     rng = gather_states(accelerator, rng_state_tensors(gen, device))  # a collective: every rank
     if rank == 0:
         opt_tensors, opt_meta = flatten_optimizer_state(opt.state_dict())
-        tensors = {**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}
+        tensors = {**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}   # made CPU copies when written
         state = {**prog.to_json(), "optimizer": opt_meta, "optimizer_name": optimizer,
-                 "world_size": world, "train": asdict(cfg), "cur_nimg": prog.step * cfg.batch_size}
+                 "world_size": world, "train": asdict(cfg), "cur_nimg": prog.step * cfg.batch_size,
+                 "device": str(device)}
         save_checkpoint(run_dir, prog.step, modules={"model": model, "ema": ema}, tensors=tensors,
                         state=state, keep=cfg.keep_checkpoints)
     barrier(accelerator)
 
 
-def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
+def _run_metadata(model, data, device, precision, optimizer, world, ckpt, step) -> dict:
     return {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "resumed_from": str(ckpt) if ckpt is not None else None,
@@ -203,6 +240,7 @@ def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"n": int(data[0].shape[0]), "shape": list(data[0].shape[1:])},
         "device": str(device),
+        "precision": precision,
         "torch": torch.__version__,
         "trustdiff": __version__,
     }
@@ -210,17 +248,18 @@ def _run_metadata(model, data, device, optimizer, world, ckpt, step) -> dict:
 
 def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, run_dir, *,
         resume: bool = False, optimizer: str = "adam", accelerator=None, on_checkpoint=None,
-        stream=DataStream, post_step=None) -> TrainResult:
+        stream=DataStream, post_step=None, device=None, precision: str = "fp32") -> TrainResult:
     """Train ``model`` in place with Adam or SGD, a weight EMA, and crash-proof checkpoints.
 
     Args:
-        model: trained in place; its parameters' device is the training device (under Accelerate,
-            the accelerator's device).
+        model: trained in place, moved to the training device first (``device``; default: where
+            its parameters are; under Accelerate, the accelerator's device).
         loss_fn: ``loss_fn(net, x, y, generator) -> loss [B]``, per-sample; the loop takes the
             mean. ``x`` float B×C×H×W in [0, 1], ``y`` int64 [B]; ``net`` is ``model`` or its DDP
             wrapper (call it, do not reach into its attributes); ``generator`` is a
-            ``torch.Generator`` on the model's device, owned and checkpointed by the loop, which the
-            loss must use for all its randomness.
+            ``torch.Generator`` on the training device, owned and checkpointed by the loop, which
+            the loss must use for all its randomness. Under ``precision="bf16"`` it runs inside
+            autocast; its result is taken in fp32.
         data: ``(x, y)``: x float N×C×H×W in [0, 1], y int64 [N]. Epoch ``e`` visits it in the order
             ``randperm(N, Generator().manual_seed(seed + e))``; batches run on across epochs.
         cfg: the :class:`TrainConfig`.
@@ -238,6 +277,13 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         stream: the batch order: ``stream(n, seed, **position)`` → an object with ``take(k)``
             (the next k indices into ``data``) and ``position`` (a JSON-able dict, saved in each
             checkpoint); default :class:`DataStream` (per-epoch permutations).
+        device: the training device (a ``torch.device`` or its name); None: the model's current
+            device, as before. The model, its EMA, the optimizer state and each batch live there;
+            ``data`` may stay on the CPU (batches are moved one at a time).
+        precision: ``"fp32"``, or ``"bf16"``: the forward pass and the loss run under
+            :func:`trustdiff.runtime.autocast` (matmuls and convolutions in bfloat16); the weights,
+            gradients, optimizer state, EMA, the loss value and every logged statistic stay fp32.
+            Refused (InputError) on a device without native bfloat16.
 
     Each step: LR from the warm-up schedule; loss; backward (gradients all-reduced under DDP);
     total-norm clipping; if the loss or gradient norm is non-finite on any rank, the update is
@@ -248,11 +294,22 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
     ``checkpoint_every`` steps and at the end.
 
     Determinism: with ``cfg.deterministic`` (and a fixed ``torch.set_num_threads``), a run killed
-    at any point and resumed reaches bit-identical weights to an uninterrupted one.
+    at any point and resumed on the same kind of device reaches bit-identical weights to an
+    uninterrupted one.
+
+    Devices: a checkpoint holds no device — weights, EMA and optimizer state are CPU tensors in
+    safetensors, RNG states are bytes — so a run started on one device resumes on another (pass
+    the new ``device``). What carries over exactly: weights, EMA, optimizer moments and counters
+    (moved to the new device), the step, the data order (CPU permutations of a seed) and the
+    global CPU RNG. What cannot: the loss generator's stream (a CPU generator's mt19937 state
+    does not fit a CUDA generator's Philox state, nor back) and the CUDA RNG; they are re-seeded
+    from (seed, step) with a warning, so the continued run is reproducible but not bit-identical
+    to an uninterrupted one on either device — neither could it be, since CPU and GPU kernels
+    round differently. The CUDA RNG state is saved and restored only when training on CUDA.
     """
     run_dir = Path(run_dir)
     data = check_data(data)
-    accelerator = resolve_accelerator(accelerator)
+    accelerator = resolve_accelerator(accelerator, device)
     rank, world = rank_world(accelerator)
     if cfg.batch_size % world:
         raise InputError(f"batch_size: expected a multiple of the {world} processes, got {cfg.batch_size}")
@@ -260,9 +317,11 @@ def fit(model: nn.Module, loss_fn, data: tuple[torch.Tensor, torch.Tensor], cfg:
         # fp16's loss scaler would need the optimizer wrapped by Accelerate, which hides the
         # non-finite guard and the exact optimizer state; bf16 needs no scaler
         raise InputError("mixed precision: fit supports 'no' and 'bf16', got 'fp16'")
+    device = _training_device(model, device, accelerator)
+    precision = check_precision(device, precision)
     with _determinism(cfg.deterministic):
         return _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world,
-                    post_step)
+                    post_step, device, precision)
 
 
 def _ema_beta(step: int, cfg: TrainConfig) -> float:
@@ -273,13 +332,11 @@ def _ema_beta(step: int, cfg: TrainConfig) -> float:
 
 
 def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_checkpoint, stream, rank, world,
-         post_step=None):
+         post_step, device, precision):
     """The body of :func:`fit` (the one long function of the toolkit)."""
     from tqdm.auto import tqdm
 
-    if accelerator is not None:
-        model.to(accelerator.device)
-    device = _device_of(model)
+    model.to(device)
     ema = make_ema(model)                                   # the EMA follows the unwrapped model
     opt = make_optimizer(optimizer, model, cfg)
     gen = torch.Generator(device=device)
@@ -294,7 +351,8 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(run_dir, prog.step)  # lines past the resume point will be written again
-        write_run_config(run_dir, asdict(cfg), _run_metadata(model, data, device, optimizer, world, ckpt, prog.step))
+        write_run_config(run_dir, asdict(cfg), _run_metadata(model, data, device, precision, optimizer, world, ckpt,
+                                                             prog.step))
     barrier(accelerator)
     net = accelerator.prepare(model) if accelerator is not None else model  # DDP under >1 process
 
@@ -314,9 +372,10 @@ def _fit(model, loss_fn, data, cfg, run_dir, resume, optimizer, accelerator, on_
             for group in opt.param_groups:
                 group["lr"] = lr
 
-            loss = loss_fn(net, x, y, gen)
+            with autocast(device, precision):                    # a no-op for fp32
+                loss = loss_fn(net, x, y, gen)
             _check_loss(loss, len(idx))
-            loss = loss.mean()
+            loss = loss.float().mean()                            # fp32 whatever the precision
             if accelerator is not None:
                 accelerator.backward(loss)
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)

@@ -32,6 +32,7 @@ from ..images import check_images
 from ..nets.codec import Codec
 from ..persist import (FOLDER_CONFIG as CONFIG, load_strict, open_weights_folder, read_folder_config,
                        resolve_weights_folder, save_weights_folder)
+from ..runtime import autocast
 from .distortions import check_train_kinds, random_distortion
 from .keys import check_key
 
@@ -136,30 +137,32 @@ def check_codec_images(codec: Codec, x: torch.Tensor, name: str = "images") -> t
     return check_images(x, name=name, channels=codec.channels, size=(r, r))
 
 
-def encode(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256) -> torch.Tensor:
-    """Watermark images: E(x, key) in [0, 1], same shape; ``key`` [n] (one for all) or N×n.
-    Runs in batches on x's device (the codec is moved there); no gradients."""
+def encode(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, precision: str = "fp32") -> torch.Tensor:
+    """Watermark images: E(x, key) in [0, 1], same shape and dtype; ``key`` [n] (one for all) or
+    N×n. Runs in batches on x's device (the codec is moved there), the encoder under autocast for
+    ``precision="bf16"``; no gradients."""
     x = check_codec_images(codec, x)
     k = check_key(key, codec.n_bits, per_image=len(x)).to(x.device, x.dtype)
     codec = codec.to(x.device)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(x.device, precision):
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
             kb = k.expand(len(xb), -1) if k.ndim == 1 else k[i:i + batch_size]
-            out.append(codec.encoder(xb, kb))
+            out.append(codec.encoder(xb, kb).to(x.dtype))
     return torch.cat(out) if out else x.clone()
 
 
-def decode_logits(codec: Codec, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """D(x): logits N×n (float32), in batches, no gradients."""
+def decode_logits(codec: Codec, x: torch.Tensor, *, batch_size: int = 512, precision: str = "fp32") -> torch.Tensor:
+    """D(x): logits N×n (float32), in batches on x's device (the codec is moved there), the decoder
+    under autocast for ``precision="bf16"``; no gradients."""
     x = check_codec_images(codec, x)
     codec = codec.to(x.device)
-    with torch.no_grad():
-        out = [codec.decoder(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return torch.cat(out).float() if out else torch.zeros(0, codec.n_bits)
+    with torch.no_grad(), autocast(x.device, precision):
+        out = [codec.decoder(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, codec.n_bits, device=x.device)
 
 
-def decode_bits(codec: Codec, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """The decoded bits: int64 N×n of 0/1 (bit k is 1 where logit k > 0)."""
-    return (decode_logits(codec, x, batch_size=batch_size) > 0).to(torch.int64)
+def decode_bits(codec: Codec, x: torch.Tensor, *, batch_size: int = 512, precision: str = "fp32") -> torch.Tensor:
+    """The decoded bits: int64 N×n of 0/1 (bit k is 1 where logit k > 0), on x's device."""
+    return (decode_logits(codec, x, batch_size=batch_size, precision=precision) > 0).to(torch.int64)

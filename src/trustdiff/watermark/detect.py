@@ -76,7 +76,7 @@ def detect_bits(bits: torch.Tensor, key, *, fpr: float = 1e-6, clean_bits: torch
 
 def detect(codec: Codec, x: torch.Tensor, key, *, fpr: float = 1e-6, clean: torch.Tensor | None = None,
            threshold: Threshold | None = None, check_fprs=CHECK_FPRS, level: float = 0.99,
-           batch_size: int = 512) -> Detection:
+           batch_size: int = 512, precision: str = "fp32") -> Detection:
     """Decode ``x`` and test each image for ``key``.
 
     Args:
@@ -87,7 +87,12 @@ def detect(codec: Codec, x: torch.Tensor, key, *, fpr: float = 1e-6, clean: torc
         clean: optional clean images (never watermarked with this key) to check the analytic
             threshold on and, where it fails, to calibrate one (see :class:`Threshold`).
         threshold: a threshold decided earlier (e.g. once for many image sets); overrides ``clean``.
+        precision: the decoder's (:func:`~trustdiff.watermark.codec.decode_logits`); ``x`` and
+            ``clean`` are decoded alike, so a calibrated threshold fits what it is applied to.
+
+    Decoding runs on x's device (the codec is moved there); the results are CPU tensors.
     """
-    bits = decode_bits(codec, x, batch_size=batch_size)
-    clean_bits = decode_bits(codec, clean, batch_size=batch_size) if clean is not None and threshold is None else None
+    bits = decode_bits(codec, x, batch_size=batch_size, precision=precision)
+    clean_bits = (decode_bits(codec, clean, batch_size=batch_size, precision=precision)
+                  if clean is not None and threshold is None else None)
     return detect_bits(bits, key, fpr=fpr, clean_bits=clean_bits, threshold=threshold, check_fprs=check_fprs, level=level)

@@ -29,7 +29,8 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return from_uint8(to_uint8(x)).to(x.device)
 
 
-def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, round_uint8: bool = True) -> dict:
+def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, round_uint8: bool = True,
+              precision: str = "fp32") -> dict:
     """Watermark images and measure the cost.
 
     Args:
@@ -37,6 +38,7 @@ def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, roun
         x: clean images N×C×H×W in [0, 1] at the codec's resolution and channels.
         key: [n] (one key for every image) or N×n (per-image keys), 0/1.
         round_uint8: round the result to uint8 levels first (as written to disk).
+        precision: the codec's (:func:`~trustdiff.watermark.codec.encode`); the figures are fp32.
 
     Returns:
         ``{"images": x_w, "key": key, "psnr": [N], "ssim": [N], "bit_acc": [N]}`` (tensors; the
@@ -44,10 +46,10 @@ def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, roun
     """
     check_images(x, name="images")
     k = check_key(key, codec.n_bits, per_image=len(x))
-    xw = encode(codec, x, k, batch_size=batch_size)
+    xw = encode(codec, x, k, batch_size=batch_size, precision=precision)
     if round_uint8:
         xw = quantize(xw)
-    acc = bit_accuracy(decode_bits(codec, xw), k)
+    acc = bit_accuracy(decode_bits(codec, xw, precision=precision), k)
     return {"images": xw, "key": k, "psnr": psnr(xw, x), "ssim": ssim(xw, x), "bit_acc": acc}
 
 

@@ -104,38 +104,45 @@ def read_key(path) -> torch.Tensor:
     return parse_key(text)
 
 
-def ensure_codec(job: RecipeJob, out: Path, codec_dir=None, *, allow_pickle: bool = False):
-    """Train the codec (or reuse ``codec_dir`` / a finished one in OUT/codec); returns it."""
+def ensure_codec(job: RecipeJob, out: Path, codec_dir=None, *, allow_pickle: bool = False, device=None,
+                 precision: str = "fp32"):
+    """Train the codec (or reuse ``codec_dir`` / a finished one in OUT/codec); returns it, on
+    ``device`` (default: the CPU)."""
     if codec_dir is not None:
         codec = load_codec(codec_dir, allow_pickle=allow_pickle)
     else:
         run = out / "codec"
         if not (run / CODEC_DIR / "config.json").is_file():
-            train_codec(job.codec, run, resume=latest_checkpoint(run) is not None)
+            train_codec(job.codec, run, resume=latest_checkpoint(run) is not None, device=device, precision=precision)
         codec = load_codec(run)
+    codec = codec.to(device if device is not None else "cpu")
     if codec.n_bits != job.n_bits or codec.resolution != job.resolution:
         raise InputError(f"codec: has {codec.n_bits} bits at {codec.resolution}×{codec.resolution}, "
                          f"the recipe asks for {job.n_bits} at {job.resolution}×{job.resolution}")
     return codec
 
 
-def ensure_diffusion(job: DiffusionJob, run: Path) -> Path:
-    """Train a diffusion model in ``run`` unless its model is there; returns the model folder."""
+def ensure_diffusion(job: DiffusionJob, run: Path, *, device=None, precision: str = "fp32") -> Path:
+    """Train a diffusion model in ``run`` (on ``device`` at ``precision``) unless its model is
+    there; returns the model folder."""
     if (run / "model" / "trustdiff.json").is_file():
         return run / "model"
-    return train_diffusion(job, run, resume=latest_checkpoint(run) is not None)
+    return train_diffusion(job, run, resume=latest_checkpoint(run) is not None, device=device, precision=precision)
 
 
-def ensure_generated(path: Path, model_dir, job: RecipeJob, *, allow_pickle: bool = False) -> torch.Tensor:
-    """Generated images cached as .npz (uint8, as any saved image)."""
+def ensure_generated(path: Path, model_dir, job: RecipeJob, *, allow_pickle: bool = False, device=None,
+                     precision: str = "fp32") -> torch.Tensor:
+    """Generated images cached as .npz (uint8, as any saved image), sampled on ``device``
+    (default: the CPU) at ``precision``; returned on the CPU, exactly as on disk."""
     from ..data import load_npz
 
     if path.is_file():
         return load_npz(path).tensors()[0]
     from ..diffusion.model import generate, load_model
 
-    x, labels = generate(*load_model(model_dir, allow_pickle=allow_pickle), job.n_generate, seed=job.seed, sampler=job.sampler,
-                         steps=job.sample_steps, batch=250)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    x, labels = generate(den.to(device if device is not None else "cpu"), spec, job.n_generate, seed=job.seed,
+                         sampler=job.sampler, steps=job.sample_steps, batch=250, precision=precision)
     write_npz(path, x, labels, seeds=torch.arange(job.seed, job.seed + len(x)).numpy())
     save_png(path.with_suffix(".png"), make_grid(x[:100], nrow=10))
     from ..data import load_npz as _l
@@ -158,10 +165,10 @@ def clean_sets(job: RecipeJob, channels: int) -> dict:
     return sets
 
 
-def owner_threshold(codec, key, sets: dict, fpr: float, *, level: float = 0.99):
-    """Decide the detection threshold for ``key`` on the union of the clean sets; also the per-set
-    null checks (so a failure can be traced to a distribution)."""
-    bits = {name: decode_bits(codec, x) for name, x in sets.items()}
+def owner_threshold(codec, key, sets: dict, fpr: float, *, level: float = 0.99, precision: str = "fp32"):
+    """Decide the detection threshold for ``key`` on the union of the clean sets (decoded at
+    ``precision``); also the per-set null checks (so a failure can be traced to a distribution)."""
+    bits = {name: decode_bits(codec, x, precision=precision).cpu() for name, x in sets.items()}
     union = torch.cat(list(bits.values()))
     thr, checks = decide_threshold(codec.n_bits, fpr, matches(union, key), level=level)
     per_set = {}
@@ -172,16 +179,17 @@ def owner_threshold(codec, key, sets: dict, fpr: float, *, level: float = 0.99):
     return thr, checks, per_set
 
 
-def fd_of(job: RecipeJob, fake: torch.Tensor, cache_dir: Path) -> dict:
+def fd_of(job: RecipeJob, fake: torch.Tensor, cache_dir: Path, *, device=None, precision: str = "fp32") -> dict:
     from ..train.feature_net import fd_report
 
     train = load_data(job.data, resolution=job.resolution, split="train", seed=job.seed)
     test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed)
-    return fd_report(train, test, fake, cache_dir=cache_dir, feature_steps=job.feature_steps, seed=job.seed)
+    return fd_report(train, test, fake, cache_dir=cache_dir, feature_steps=job.feature_steps, seed=job.seed,
+                     device=device, precision=precision)
 
 
 def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progress=print,
-               allow_pickle: bool = False) -> dict:
+               allow_pickle: bool = False, device=None, precision: str = "fp32") -> dict:
     """Run (or continue) the recipe in ``out``; returns and writes OUT/metrics.json.
 
     Args:
@@ -189,7 +197,11 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
         clean_model: use this clean diffusion model (a model or run folder) as the null instead of
             training one (e.g. shared by the runs of a sweep).
         allow_pickle: load pickled weights in ``codec_dir`` / ``clean_model`` (they can run code).
+        device: where every stage runs — codec and diffusion training, embedding, generation,
+            detection, FD (default: the CPU); ``precision``: of training, sampling, embedding
+            and decoding (calibration and detection decode alike). metrics.json records both.
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
     job = job.resolved()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +211,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
         times[name] = round(time.time() - t0 - sum(times.values()), 1)
 
     progress(f"[codec] {job.n_bits} bits at {job.resolution}×{job.resolution}")
-    codec = ensure_codec(job, out, codec_dir, allow_pickle=allow_pickle)
+    codec = ensure_codec(job, out, codec_dir, allow_pickle=allow_pickle, device=device, precision=precision)
     key = owner_key(job)
     write_key(out / "key.txt", key, source="given" if job.key is not None else f"seed {job.key_seed}")
     stage("codec")
@@ -207,43 +219,46 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
     progress("[embed] watermarking the training set")
     train = load_data(job.data, resolution=job.resolution, split="train", seed=job.seed)
     x_train, y_train = train.tensors()
-    wm = watermark(codec, x_train, key)
+    wm = watermark(codec, x_train.to(device), key, precision=precision)
     write_watermarked(out / "watermarked.npz", wm, y_train)
     save_png(out / "examples.png", examples_grid(x_train, wm["images"]))
     embed_fig = summary(wm)
-    x_test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed).tensors()[0]
-    wm_test = watermark(codec, x_test, key)
+    x_test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed).tensors()[0].to(device)
+    wm_test = watermark(codec, x_test, key, precision=precision)
     stage("embed")
 
     progress("[diffusion] training on the watermarked set")
     diff_wm = replace(job.diffusion, data=str(out / "watermarked.npz"))
-    model_wm = ensure_diffusion(diff_wm, out / "diffusion-watermarked")
+    model_wm = ensure_diffusion(diff_wm, out / "diffusion-watermarked", device=device, precision=precision)
     if clean_model is None:
         progress("[diffusion] training on the clean set (the null)")
-        model_clean = ensure_diffusion(replace(job.diffusion, data=job.data), out / "diffusion-clean")
+        model_clean = ensure_diffusion(replace(job.diffusion, data=job.data), out / "diffusion-clean", device=device,
+                                       precision=precision)
     else:
         model_clean = Path(clean_model)
     stage("diffusion")
 
     progress(f"[generate] {job.n_generate} images from each model")
-    gen_wm = ensure_generated(out / "generated-watermarked.npz", model_wm, job)
-    gen_clean = ensure_generated(out / "generated-clean.npz", model_clean, job, allow_pickle=allow_pickle)
+    gen_wm = ensure_generated(out / "generated-watermarked.npz", model_wm, job, device=device,
+                              precision=precision).to(device)
+    gen_clean = ensure_generated(out / "generated-clean.npz", model_clean, job, allow_pickle=allow_pickle, device=device,
+                                 precision=precision).to(device)
     stage("generate")
 
     progress("[detect] calibration on clean images, then detection")
-    sets = clean_sets(job, x_train.shape[1])
-    thr, checks, per_set = owner_threshold(codec, key, sets, job.fpr)
+    sets = {k: v.to(device) for k, v in clean_sets(job, x_train.shape[1]).items()}
+    thr, checks, per_set = owner_threshold(codec, key, sets, job.fpr, precision=precision)
     results = {}
     for name, x in (("generated_watermarked", gen_wm), ("generated_clean", gen_clean),
                     ("heldout_watermarked", wm_test["images"]), ("heldout_clean", x_test)):
-        results[name] = detect(codec, x, key, fpr=job.fpr, threshold=thr).summary()
+        results[name] = detect(codec, x, key, fpr=job.fpr, threshold=thr, precision=precision).summary()
     stage("detect")
 
     fd = {}
     if job.fd:
         progress("[fd] FD of both models against the test split")
-        fd["watermarked"] = fd_of(job, gen_wm, out / "cache")
-        fd["clean"] = fd_of(job, gen_clean, out / "cache")
+        fd["watermarked"] = fd_of(job, gen_wm, out / "cache", device=device, precision=precision)
+        fd["clean"] = fd_of(job, gen_clean, out / "cache", device=device, precision=precision)
         fd["cost"] = fd["watermarked"]["fd"] - fd["clean"]["fd"]
         fd["ratio"] = fd["watermarked"]["fd"] / max(fd["clean"]["fd"], 1e-12)
         stage("fd")
@@ -262,6 +277,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
             "fd_watermarked": fd.get("watermarked", {}).get("fd"), "fd_clean": fd.get("clean", {}).get("fd"),
         },
         "models": {"watermarked": str(model_wm), "clean": str(model_clean)},
+        "device": str(device), "precision": precision,
     }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics

@@ -79,7 +79,9 @@ def bit_length_sweep(out, base: RecipeJob, bit_lengths=(4, 16, 32, 64, 128), *, 
 
 
 def perturb_weights(denoiser, std: float, *, seed: int):
-    """A deep copy of ``denoiser`` with N(0, std²) added to every parameter (seeded)."""
+    """A deep copy of ``denoiser`` with N(0, std²) added to every parameter (seeded). The noise is
+    drawn on a CPU generator and moved to each parameter's device, so a seed perturbs a model the
+    same way on every device."""
     den = copy.deepcopy(denoiser)
     if std > 0:
         g = torch.Generator().manual_seed(seed)
@@ -90,21 +92,25 @@ def perturb_weights(denoiser, std: float, *, seed: int):
 
 
 def weight_noise_sweep(out, model_dir, codec, key, stds, *, job: RecipeJob, threshold: Threshold, n: int,
-                       progress=print, allow_pickle: bool = False) -> list[dict]:
+                       progress=print, allow_pickle: bool = False, device=None, precision: str = "fp32") -> list[dict]:
     """Gaussian noise of each std added to the watermarked model's weights → Bit-Acc, detection at
-    ``threshold`` and FD of ``n`` images per std (the same sampling seeds for every std)."""
+    ``threshold`` and FD of ``n`` images per std (the same sampling seeds for every std), all on
+    ``device`` (default: the CPU); sampling at ``precision``."""
     from ..diffusion.model import generate, load_model
 
     out = Path(out)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den = den.to(device)
     rows = []
     for i, std in enumerate(stds):
         t = time.time()
         noisy = perturb_weights(den, float(std), seed=job.seed + 1000 + i)
-        x, _ = generate(noisy, spec, n, seed=job.seed, sampler=job.sampler, steps=job.sample_steps, batch=250)
-        x = quantize(x)
-        d = detect(codec, x, key, threshold=threshold).summary()
-        fd = fd_of(job, x, out / "cache")["fd"] if job.fd and n >= 2 else None
+        x, _ = generate(noisy, spec, n, seed=job.seed, sampler=job.sampler, steps=job.sample_steps, batch=250,
+                        precision=precision)
+        x = quantize(x).to(device)
+        d = detect(codec, x, key, threshold=threshold, precision=precision).summary()
+        fd = fd_of(job, x, out / "cache", device=device)["fd"] if job.fd and n >= 2 else None
         rows.append({"std": float(std), "bit_acc": d["bit_acc_mean"], "detected": d["detected"], "fd": fd,
                      "seconds": round(time.time() - t, 1)})
         progress(f"   weight noise std {std:g}: Bit-Acc {d['bit_acc_mean']:.4f}, detected {d['detected']['value']:.3f}"
@@ -132,7 +138,7 @@ def distortion_grid(out, codec, key, image_sets: dict, clean: torch.Tensor, *, f
     for label, name, params in grid:
         row = {"distortion": label, "name": name, "params": params}
         for set_name, x in {**image_sets, "clean": clean}.items():
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator(x.device).manual_seed(seed)        # the distortions draw on x's device
             y = apply(name, x, generator=g, **params)
             d = detect(codec, y, key, threshold=threshold).summary()
             p = psnr(y, x)

@@ -73,8 +73,9 @@ def build_codec(job: CodecJob, channels: int) -> Codec:
 
 
 def codec_figures(codec: Codec, x: torch.Tensor, *, seed: int, quantize: bool = True) -> dict:
-    """Held-out figures of a codec: random per-image keys (from ``seed``), E(x, key) (rounded to
-    uint8 as when written to disk, with ``quantize``), then Bit-Acc, PSNR and SSIM against x."""
+    """Held-out figures of a codec: random per-image keys (from ``seed``, on a CPU generator: the
+    same keys on every device), E(x, key) (rounded to uint8 as when written to disk, with
+    ``quantize``), then Bit-Acc, PSNR and SSIM against x; computed on x's device."""
     keys = random_keys(len(x), codec.n_bits, generator=torch.Generator().manual_seed(seed))
     xw = encode(codec, x, keys)
     if quantize:
@@ -115,11 +116,13 @@ def prepare_codec(job: CodecJob):
     return x, y, objective, imageset.name
 
 
-def train_codec(job: CodecJob, run_dir, *, resume: bool = False) -> Path:
-    """Train the codec of ``job`` in ``run_dir`` and write ``run_dir/codec`` and
-    ``run_dir/metrics.json`` (held-out Bit-Acc, PSNR, SSIM on the data's test split). Returns the
-    codec folder."""
+def train_codec(job: CodecJob, run_dir, *, resume: bool = False, device=None, precision: str = "fp32") -> Path:
+    """Train the codec of ``job`` in ``run_dir`` on ``device`` at ``precision`` (see
+    :func:`~trustdiff.train.fit`) and write ``run_dir/codec`` and ``run_dir/metrics.json``
+    (held-out Bit-Acc, PSNR, SSIM on the data's test split, measured on the training device).
+    Returns the codec folder."""
     from ..checkpoint import latest_checkpoint
+    from ..runtime import module_device
 
     run_dir = Path(run_dir)
     x, y, objective, name = prepare_codec(job)
@@ -127,12 +130,13 @@ def train_codec(job: CodecJob, run_dir, *, resume: bool = False) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     _truncate_log(run_dir, int(ck.name.split("-")[1]) if ck is not None else 0)
     result = fit(objective, lambda net, xb, yb, g: net(xb, g), (x, y), job.train, run_dir, resume=resume,
-                 on_checkpoint=_log_writer(run_dir, objective))
+                 on_checkpoint=_log_writer(run_dir, objective), device=device, precision=precision)
     trained = (result.ema if job.export == "ema" else result.model).codec.eval().requires_grad_(False)
+    dev = module_device(trained)                                  # the training device
     test = load_data(job.data, resolution=job.resolution, split="test", seed=job.train.seed)
     xt = test.tensors()[0][: job.eval_images]
-    figures = codec_figures(trained, xt, seed=job.train.seed + 1)
-    train_fig = codec_figures(trained, x[: job.eval_images], seed=job.train.seed + 2)
+    figures = codec_figures(trained, xt.to(dev), seed=job.train.seed + 1)
+    train_fig = codec_figures(trained, x[: job.eval_images].to(dev), seed=job.train.seed + 2)
     l2_start = int(result.model.l2_start)
     facts = {"data": job.data, "data_name": name, "steps": result.step, "seed": job.train.seed, "export": job.export,
              "l2_start": l2_start, "gamma": job.gamma, "l2_await": job.l2_await, "l2_ramp": job.l2_ramp,

@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/advtrain_digits.py --model bench/results/train_digits/train/model
 	$(BIN)/python bench/watermark_digits.py
 	$(BIN)/python bench/t2i_watermark_digits.py
+	$(BIN)/python bench/scale_cpu.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -58,12 +58,19 @@ def fsync_tree(root) -> None:
     fsync_path(root)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())       # mkstemp makes 0600; a run's files get the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

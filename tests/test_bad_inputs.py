@@ -94,6 +94,7 @@ CASES = [
     ("report-of-no-runs", "report {fx}/user"),
     ("demo-into-user-folder", "demo --preset smoke --out {fx}/user"),
     ("demo-into-train-run", "demo --preset smoke --out {fx}/m"),
+    ("demo-device-absent", "demo --preset smoke --device cuda:3 --out {new}"),
     ("t2i-embed-into-t2i-run", "watermark t2i embed --pipeline {fx}/t2i --target code --steps 1 --out {fx}/t2i"),
     ("t2i-train-into-user-folder", "t2i train --size tiny --steps 1 --out {fx}/user"),
     # counts

@@ -206,3 +206,17 @@ def test_train_feature_net_wiring_with_a_stand_in_fit(tmp_path, monkeypatch):
     assert seen["cfg"].progress is False and seen["run_dir"] == tmp_path
     assert seen["device"] == x.device and seen["precision"] == "fp32"      # trains where the images are
     assert net.classifier.config == dict(in_channels=1, num_classes=3, width=4, resolution=8)
+
+
+def test_feature_net_follows_its_seed_not_the_callers_rng(tmp_path):
+    """The FD feature net's initial weights come from its seed: the caller's RNG state (whatever
+    ran before in the process) must not change the net, so FD-digits is a function of the data,
+    the config and the seed."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.arange(64) % 4
+    nets = []
+    for i, state in enumerate((1, 2)):
+        torch.manual_seed(state)                          # a different history before the call
+        nets.append(fidmod.train_feature_net(x, y, run_dir=tmp_path / str(i), steps=2, seed=5, batch_size=16))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)

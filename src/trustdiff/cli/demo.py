@@ -15,20 +15,25 @@ from .common import seed_option
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="A new or empty folder, or a demo folder to continue (its finished stages are reused).")
 @seed_option()
+@click.option("--device", default=None, help="Passed to every stage (default: each command's, cuda when available).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Passed to every stage (default: fp32).")
 @click.option("--dry-run", is_flag=True, help="Print the stages' commands and exit.")
-def demo_cmd(preset, out, seed, dry_run):
+def demo_cmd(preset, out, seed, device, precision, dry_run):
     """Run every capability on the embedded digits (each stage an ordinary trustdiff command,
     cached by content hash) and write OUT/report.html."""
     from ..runs import check_out, run_kind
+    from ..runtime import check_precision, resolve_device
     from .stages import demo_stages, run_demo
 
-    stages = demo_stages(out, preset, seed)
+    check_precision(resolve_device(device), precision or "fp32")      # an absent device fails here, once
+    runtime = (*(("--device", device) if device else ()), *(("--precision", precision) if precision else ()))
+    stages = demo_stages(out, preset, seed, runtime)
     check_out(out, "demo", resume=out.is_dir() and run_kind(out) == "demo")   # a demo folder continues
     if dry_run:
         for st in stages:
             click.echo(f"{st.name}: trustdiff {' '.join(st.argv)}")
         return
-    rec = run_demo(out, preset, seed=seed, echo=click.echo)
+    rec = run_demo(out, preset, seed=seed, echo=click.echo, runtime=runtime)
     bad = [s["name"] for s in rec["stages"] if s["status"] != "ok"]
     click.echo(f"\ndemo ({preset}) finished in {rec['seconds'] / 60:.1f} min; "
                + (f"FAILED stages: {', '.join(bad)}; " if bad else "every stage ok; ") + f"report: {rec['report']}")

@@ -68,8 +68,9 @@ def _s(v) -> str:
     return str(v)
 
 
-def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
-    """The demo's commands for ``preset`` writing under ``out``."""
+def demo_stages(out: Path, preset: str, seed: int = 0, runtime: tuple[str, ...] = ()) -> list[Stage]:
+    """The demo's commands for ``preset`` writing under ``out``; ``runtime`` (e.g. ``("--device",
+    "cuda")``) is appended to every stage's command line."""
     if preset not in PRESETS:
         raise InputError(f"demo preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     p = {k: _s(v) for k, v in PRESETS[preset].items()}
@@ -153,6 +154,8 @@ def demo_stages(out: Path, preset: str, seed: int = 0) -> list[Stage]:
                    "--n-check", "16", "--seed", seed, "--out", d("advtrain", f"eval-{name}")],
                   d("advtrain", f"eval-{name}"), [f"advtrain-{name}"]),
         ]
+    for st in stages:
+        st.argv += list(runtime)
     return stages
 
 
@@ -222,10 +225,11 @@ def machine() -> str:
         (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
-def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: list[str] | None = None) -> dict:
+def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: list[str] | None = None,
+             runtime: tuple[str, ...] = ()) -> dict:
     """Run (or continue) the demo in ``out`` and write the report; returns the stages record."""
     out = Path(out)
-    stages = demo_stages(out, preset, seed)
+    stages = demo_stages(out, preset, seed, runtime)
     out.mkdir(parents=True, exist_ok=True)
     path = out / STAGES_FILE
     try:

@@ -27,7 +27,7 @@ from .loop import fit
 #: the format of a cache entry's config.json
 FORMAT = "trustdiff.feature-net/1"
 #: bump when the feature-net architecture or its training recipe changes (invalidates caches)
-FEATURE_NET_VERSION = 1
+FEATURE_NET_VERSION = 2
 
 
 def train_feature_net(
@@ -60,7 +60,9 @@ def train_feature_net(
     """
     x = check_images(x, name="x_train")
     _check_labels(x, y)
-    net = SmallCNN(**_net_config(x, y, width, num_classes))
+    with torch.random.fork_rng(devices=[]):   # the initial weights follow the seed, not the caller's RNG state
+        torch.manual_seed(seed)
+        net = SmallCNN(**_net_config(x, y, width, num_classes))
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False,
                       warmup_steps=min(100, steps // 10))
     result = fit(net, classifier_loss_fn(), (x, y.long()), cfg, run_dir, resume=resume,

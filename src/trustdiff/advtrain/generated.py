@@ -23,14 +23,15 @@ FILTERED = "filtered.npz"
 
 def generate_set(model_dir, out, n: int, *, shard_size: int = 10_000, seed: int = 0, sampler: str = "heun",
                  steps: int = 20, batch: int = 256, rank: int = 0, world: int = 1, device=None,
-                 progress: bool = False, allow_pickle: bool = False, precision: str = "fp32") -> list[Path]:
+                 progress: bool = False, allow_pickle: bool = False, precision: str = "fp32",
+                 adm_config=None) -> list[Path]:
     """Sample n labelled images (classes cycling 0…K−1) from a class-conditional model into shards
     on ``device`` (default: the CPU) at ``precision``; existing shards are kept (resume), process
     ``rank`` of ``world`` writes its share. A seed's noise is the same on every device
     (:func:`trustdiff.diffusion.model.sample`)."""
     from ..diffusion.model import load_model, write_shards
 
-    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     if spec.num_classes is None:
         raise InputError(f"{model_dir}: expected a class-conditional diffusion model (labels), got an unconditional one")
     den = den.to(device if device is not None else "cpu")

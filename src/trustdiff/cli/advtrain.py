@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, COUNT0, NONNEG, POSITIVE, SAMPLERS, UNIT, run_command, seed_option, unsafe_pickle_option
+from .common import COUNT, COUNT0, NONNEG, POSITIVE, SAMPLERS, run_command, seed_option, unsafe_pickle_option
+from .common import MODEL_HELP, adm_config_option
 
 
 @click.group("advtrain")
@@ -27,7 +28,8 @@ def advtrain_group():
 
 @advtrain_group.command("generate")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
-              help="A class-conditional diffusion model folder (or its training run).")
+              help=f"A class-conditional diffusion model: {MODEL_HELP}.")
+@adm_config_option
 @click.option("-n", "--num", type=COUNT, required=True, help="Images to generate (classes cycle 0…K−1).")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
 @click.option("--sample-steps", "steps", type=COUNT, default=20, show_default=True, help="Sampler levels (Wang et al.: Heun, 20).")
@@ -39,7 +41,7 @@ def advtrain_group():
 @click.option("--keep-per-class", type=COUNT, default=None)
 @unsafe_pickle_option
 @run_command("advtrain generate", out="runs/advtrain-generated", resumable=True)
-def generate_cmd(run, model_dir, num, sampler, steps, shard_size, batch_size, seed, filter_classifier, keep_per_class,
+def generate_cmd(run, model_dir, adm_config, num, sampler, steps, shard_size, batch_size, seed, filter_classifier, keep_per_class,
                  allow_pickle, out):
     """Sample a labelled set into OUT/images-XXXXX.npz (resumable; split across processes)."""
     from ..advtrain import generate_set, write_filtered
@@ -52,17 +54,17 @@ def generate_cmd(run, model_dir, num, sampler, steps, shard_size, batch_size, se
         raise InputError("filtering: expected both --filter-classifier and --keep-per-class, or neither")
     clf = (load_classifier(filter_classifier, allow_pickle=allow_pickle).to(run.device)
            if filter_classifier is not None else None)
-    _, spec = load_model(model_dir, allow_pickle=allow_pickle)    # a missing or broken model fails here
+    _, spec = load_model(model_dir, allow_pickle=allow_pickle, adm_config=adm_config)    # a missing or broken model fails here
     if spec.num_classes is None:
         raise InputError(f"--model: expected a class-conditional model (its labels become the training labels), "
                          f"got an unconditional one ({model_dir})")
-    config = dict(model=model_dir, num=num, sampler=sampler, steps=steps, shard_size=shard_size, seed=seed,
+    config = dict(model=model_dir, adm_config=adm_config, num=num, sampler=sampler, steps=steps, shard_size=shard_size, seed=seed,
                   filter_classifier=filter_classifier, keep_per_class=keep_per_class)
     if not run.start(config):
         return
     rank, world = env_rank_world()
     t0 = time.time()
-    paths = generate_set(model_dir, out, num, allow_pickle=allow_pickle, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
+    paths = generate_set(model_dir, out, num, allow_pickle=allow_pickle, adm_config=adm_config, shard_size=shard_size, seed=seed, sampler=sampler, steps=steps,
                          batch=batch_size, rank=rank, world=world, device=run.device, precision=run.precision,
                          progress=rank == 0)
     if rank == 0 and clf is not None and all(p.is_file() for p in paths):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, OPEN_UNIT, POSITIVE, ran_on, run_command, seed_option, unsafe_pickle_option
+from .common import MODEL_HELP, adm_config_option
 
 
 @click.command("train-classifier")
@@ -81,7 +82,8 @@ def _parse_radii(text: str) -> tuple[float, ...]:
 @click.option("--classifier", "classifier_dir", required=True, type=click.Path(path_type=Path),
               help="A classifier folder (or a train-classifier run folder).")
 @click.option("--denoiser", "denoiser_dir", type=click.Path(path_type=Path), default=None,
-              help="A diffusion model folder: denoise in front of the classifier (Carlini et al.).")
+              help=f"A diffusion model to denoise with in front of the classifier (Carlini et al.): {MODEL_HELP}.")
+@adm_config_option
 @click.option("--sample-steps", "denoise_steps", type=COUNT, default=1, show_default=True,
               help="Denoiser levels: 1 one-shot denoise (Carlini et al.); more: deterministic Heun levels.")
 @click.option("--data", default=None, help="Test data; default: the classifier's training data set.")
@@ -99,12 +101,11 @@ def _parse_radii(text: str) -> tuple[float, ...]:
 @unsafe_pickle_option
 @run_command("certify", out="runs/certify", shared=lambda p: p["shard"] != "0/1",
              shared_glob="certify-shard-*")
-def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
+def certify_cmd(run, classifier_dir, denoiser_dir, adm_config, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
                 max_index, shard, radii, seed, allow_pickle, out):
     """Certify test images with randomized smoothing (Cohen et al.), optionally behind a diffusion
     denoiser (Carlini et al.): OUT/certify.tsv, metrics.json, certify-curve.png. With --shard i/k,
     OUT/certify-shard-i-of-k.tsv; merge with `trustdiff certify-merge OUT`."""
-    import torch
 
     from ..certify import DenoisedClassifier, Smooth, certify_set, check_certify_arguments, report, select_indices
     from ..runtime import with_precision
@@ -128,7 +129,7 @@ def certify_cmd(run, classifier_dir, denoiser_dir, denoise_steps, data, split, s
     if denoiser_dir is not None:
         from ..diffusion.model import load_model
 
-        den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle)
+        den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle, adm_config=adm_config)
         if (spec.channels, spec.resolution) != (x.shape[1], x.shape[-1]):
             raise InputError(f"{denoiser_dir}: a {spec.channels}×{spec.resolution}² model, but the data are "
                              f"{x.shape[1]}×{x.shape[-1]}²")

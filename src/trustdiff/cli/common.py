@@ -45,3 +45,15 @@ def unsafe_pickle_option(f):
     return click.option("--unsafe-allow-pickle", "allow_pickle", is_flag=True,
                         help="Load pickled weights (.bin/.pt) where a model folder has no safetensors. "
                              "A pickle can run code when loaded: only for files you trust.")(f)
+
+
+#: what a --model/--denoiser flag takes, for its help text
+MODEL_HELP = ("a trustdiff model folder or training run, a diffusers DDPM folder, an EDM .pkl, an ADM .pt "
+              "(guided/improved-diffusion; see --adm-config) or a `trustdiff convert` folder")
+
+
+def adm_config_option(f):
+    """``--adm-config``: the architecture of an ADM ``.pt`` state dict (a preset or a JSON file)."""
+    return click.option("--adm-config", "adm_config", default=None, metavar="PRESET|JSON",
+                        help="For an ADM .pt: a preset (adm-imagenet256-uncond, iddpm-cifar10, …; a published file "
+                             "name is recognised without it) or a JSON file of guided-diffusion's model flags.")(f)

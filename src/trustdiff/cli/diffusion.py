@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, POSITIVE, SAMPLERS, UNIT, ran_on, run_command, seed_option, unsafe_pickle_option
+from .common import MODEL_HELP, adm_config_option
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -65,7 +66,8 @@ def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, 
 
 
 @click.command("generate")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A model folder or a training run folder.")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help=f"The model: {MODEL_HELP}.")
+@adm_config_option
 @click.option("-n", "--num", "num", type=COUNT, default=64, show_default=True, help="Number of images.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
 @click.option("--sample-steps", "steps", type=COUNT, default=18, show_default=True, help="Noise levels (Heun: NFE = 2·steps − 1).")
@@ -80,26 +82,25 @@ def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, 
 @click.option("--feature-steps", type=COUNT, default=300, show_default=True, help="Training steps of the FD feature net (cached).")
 @unsafe_pickle_option
 @run_command("generate", out="runs/generate", resumable=True)
-def generate_cmd(run, model_dir, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data, feature_steps,
-                 allow_pickle, out):
+def generate_cmd(run, model_dir, adm_config, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data,
+                 feature_steps, allow_pickle, out):
     """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels, seeds) and
     OUT/grid.png. With --resume, shards already in OUT are kept (a killed run continues); under
     `accelerate launch` each process writes its share of the shards."""
     from ..persist import atomic_write_json
     from ..data import load_npz
-    from ..diffusion.model import class_cycle, load_model, write_shards
+    from ..diffusion.model import check_guidance, class_cycle, load_model, write_shards
     from ..diffusion.samplers import nfe
     from ..errors import InputError
     from ..images import make_grid, save_png
     from ..train.dist import env_rank_world
 
-    config = dict(model=str(model_dir), num=num, sampler=sampler, steps=steps, guidance=guidance,
+    config = dict(model=str(model_dir), adm_config=adm_config, num=num, sampler=sampler, steps=steps, guidance=guidance,
                   classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps)
-    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     den = den.to(run.device)
     class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
-    if guidance != 1.0 and spec.num_classes is None:
-        raise InputError(f"--guidance: expected 1 (no guidance) for an unconditional model, got {guidance:g}")
+    check_guidance(spec, guidance)
     if fd_data is not None:
         if env_rank_world()[1] > 1:
             raise InputError("--fd-data: expected a single process (measure FD after a multi-process run with one), "

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, ran_on, run_command, seed_option, unsafe_pickle_option
+from .common import MODEL_HELP, adm_config_option
 
 ATTACKS = ("pgd-eot", "autoattack-rand", "bpda")
 
@@ -19,7 +20,8 @@ def purify_group():
 @click.option("--classifier", "classifier_dir", type=click.Path(path_type=Path), required=True,
               help="A classifier folder (trustdiff train-classifier's run or its classifier/).")
 @click.option("--denoiser", "denoiser_dir", type=click.Path(path_type=Path), required=True,
-              help="A diffusion model folder (trustdiff train's run or its model/).")
+              help=f"The diffusion model: {MODEL_HELP}.")
+@adm_config_option
 @click.option("--t-star", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
               help="Diffusion time t* in (0, 1].")
 @click.option("--solver", type=click.Choice(["sde", "ddpm", "ode", "euler", "ddim"]), default="sde", show_default=True)
@@ -41,7 +43,7 @@ def purify_group():
 @seed_option()
 @unsafe_pickle_option
 @run_command("purify eval", out="runs/purify")
-def eval_cmd(run, classifier_dir, denoiser_dir, t_star, solver, steps, attacks, eps, norm, pgd_steps, eot, data, images,
+def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, steps, attacks, eps, norm, pgd_steps, eot, data, images,
              n_check, batch_size, checkpoint, undefended, seed, allow_pickle, out):
     """Clean and robust accuracy of classifier ∘ DiffPure under full-gradient PGD-EOT,
     AutoAttack-rand and/or BPDA; writes OUT/metrics.json and OUT/report.md."""
@@ -56,11 +58,11 @@ def eval_cmd(run, classifier_dir, denoiser_dir, t_star, solver, steps, attacks, 
     from ..runtime import with_precision
     from ..train.classifier import load_classifier
 
-    config = dict(classifier=classifier_dir, denoiser=denoiser_dir, t_star=t_star, solver=solver, steps=steps,
+    config = dict(classifier=classifier_dir, denoiser=denoiser_dir, adm_config=adm_config, t_star=t_star, solver=solver, steps=steps,
                   attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, data=data, images=images,
                   n_check=n_check, batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
     clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False).to(run.device)
-    den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle)
+    den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     den = den.to(run.device)
     # bf16: the networks run under autocast, the purifier's solver state stays fp32
     clf_p, den_p = with_precision(clf, run.precision), with_precision(den, run.precision)

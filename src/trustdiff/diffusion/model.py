@@ -65,13 +65,23 @@ def save_model(folder, unet, spec: ModelSpec) -> Path:
     return folder
 
 
-def load_model(folder, *, allow_pickle: bool = False):
-    """Open a model folder → (denoiser, spec). Accepts a trustdiff model folder (checked against
-    its manifest first), a training run folder holding one in ``model/``, or a foreign diffusers
-    DDPM folder. Pickled weights are refused unless ``allow_pickle``. Errors are one line."""
+def load_model(folder, *, allow_pickle: bool = False, adm_config=None):
+    """Open a model → (denoiser, spec). Accepts a trustdiff model folder (checked against its
+    manifest first), a training run folder holding one in ``model/``, a foreign diffusers DDPM
+    folder, or a published checkpoint (:mod:`trustdiff.pretrained`: an EDM ``.pkl``, an ADM ``.pt``
+    with ``adm_config`` or a published file name, a ``trustdiff convert`` folder). Pickled weights
+    in a folder are refused unless ``allow_pickle``; EDM pickles are read by a restricted
+    unpickler that runs nothing. Errors are one line."""
     from diffusers import UNet2DModel
 
+    from .. import pretrained
+
     folder = Path(folder)
+    if pretrained.is_pretrained(folder):
+        den, spec, _ = pretrained.load_pretrained(folder, adm_config=adm_config)
+        return den, spec
+    if adm_config is not None:
+        raise InputError(f"--adm-config: only for ADM .pt state dicts, got the folder {folder}")
     if (folder / "model" / "trustdiff.json").is_file():
         folder = folder / "model"
     meta_path = folder / "trustdiff.json"
@@ -104,6 +114,18 @@ def load_model(folder, *, allow_pickle: bool = False):
         raise CheckpointError(f"{folder / 'unet'}: cannot load the network ({msg[:200]})") from None
     unet.eval().requires_grad_(False)
     return Preconditioned(unet, spec.precond, spec.sigma_data), spec
+
+
+def check_guidance(spec: ModelSpec, guidance: float) -> None:
+    """Classifier-free guidance needs a class-conditional model trained with a null label (those
+    trustdiff trains); one InputError line otherwise."""
+    if guidance == 1.0:
+        return
+    if spec.num_classes is None:
+        raise InputError(f"guidance: expected 1 (no guidance) for an unconditional model, got {guidance:g}")
+    if spec.size.startswith("pretrained:"):
+        raise InputError(f"guidance: expected 1 for a published {spec.size.split(':')[1].upper()} checkpoint "
+                         f"(it was not trained with a null label for classifier-free guidance), got {guidance:g}")
 
 
 def sampling_sigmas(sampler: str, steps: int, spec: ModelSpec, device=None) -> torch.Tensor:
@@ -156,6 +178,7 @@ def sample(denoiser, spec: ModelSpec, seeds, *, sampler: str = "heun", steps: in
         if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= spec.num_classes):
             raise InputError(f"labels: expected values in 0..{spec.num_classes - 1}, got {cond.tolist()[:8]}")
         if guidance != 1.0:
+            check_guidance(spec, guidance)
             denoiser = ClassifierFreeGuidance(denoiser, guidance, spec.null_label)
     x0 = samplers.SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, generator=gens, **sampler_kw)
     return clamp_pixel(to_pixel(x0))

@@ -15,9 +15,27 @@ Standard FID (Heusel et al. 2017) takes its features from the TensorFlow Incepti
 (``Conv2d_1a_3x3.conv.weight``, ``Mixed_5b.branch_pool.bn.running_var``, …, ``fc.weight``), so
 the weights file loads with ``strict=True``. Random init has 23,850,960 parameters.
 
+Verified with random weights (``bench/verify_inception.py``; results in
+``bench/results/verify_inception.json``): a seeded random state dict built by pytorch-fid's own
+code (commit b9c18118d082cbd263c1b8963fc4221dc1cbb659, torchvision 0.29.1, torch 2.14.1; this
+side torch 2.13.0, CPU; BN running statistics random and non-trivial) loads strictly into this
+network and
+``FIDInceptionV3`` reproduces pytorch-fid's ``InceptionV3`` pool-3 features bit for bit (max
+difference 0, float32 and float64, every stage from Conv2d_1a_3x3 to the final pool);
+``InceptionFeatureNet(preprocess="pytorch-fid")`` reproduces pytorch-fid's whole pipeline (resize
+and scaling) bit for bit in float32 at 299×299, 32×32, 64×64, 28×28 grey, 48×80 and 512×512;
+``preprocess="tf"`` reproduces torch-fidelity 0.4.0's "inception-v3-compat" pipeline (TF 1.x
+resize, (v − 128)/128) bit for bit in float32. The two preprocessings differ from each other by
+design (4% of the feature scale at 299×299, up to 15% with resizing, random weights). Commands::
+
+    SCRATCH/bin/python bench/verify_inception.py reference --pytorch-fid CHECKOUT --out DIR
+    .venv/bin/python bench/verify_inception.py compare --ref DIR
+
 Not verified in this repository: the real weights file is not available here, so neither the
-strict load of that exact file nor numerical agreement with TF-FID has been checked; the names
-and shapes follow the pytorch-fid and torchvision sources, which load that file strictly.
+strict load of that exact file nor agreement with pytorch-fid or TF-FID *with those weights* has
+been checked, nor agreement with TensorFlow's own kernels (the references above are PyTorch
+ports); the names and shapes follow the pytorch-fid and torchvision sources, which load that
+file strictly.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ The fixtures are tiny real runs of each command; each case names the folder it m
 from __future__ import annotations
 
 import hashlib
+import pickle
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,22 @@ def fx(tmp_path_factory) -> Path:
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(d / "tiny.png")     # not the pipeline's 8×8
     # 8×8 images to show a codec that takes 16×16
     np.savez(d / "small.npz", images=np.zeros((4, 8, 8, 1), np.uint8), labels=np.zeros(4, np.int64))
+    # published-checkpoint look-alikes: a pickle whose payload would write a file, an unknown state dict
+    (d / "payload.pkl").write_bytes(pickle.dumps(_Payload(d / "payload-ran")))
+    torch.save({"w": torch.zeros(2)}, d / "unknown.pt")
     return d
+
+
+class _Payload:
+    """Pickles as ``os.system("touch MARKER")``: it must never run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
 
 
 def _hashes(root: Path) -> dict:
@@ -156,6 +172,36 @@ CASES = [
     ("purify-unknown-solver", "purify eval --classifier {fx}/clf --denoiser {fx}/m --solver rk4 --out {new}"),
     ("generate-unknown-sampler", "generate --model {fx}/m --sampler rk4 --out {new}"),
     ("dreambooth-class-prompt-without-images", "watermark t2i dreambooth --pipeline {fx}/t2i --instance {fx}/small.npz --class-prompt seven --out {new}"),
+    # published checkpoints (issue 19)
+    ("convert-not-a-checkpoint", "convert {fx}/file.txt --out {new}"),
+    ("convert-missing-file", "convert {fx}/nope.pkl --out {new}"),
+    ("convert-payload-pickle", "convert {fx}/payload.pkl --out {new}"),
+    ("convert-pt-without-adm-config", "convert {fx}/unknown.pt --out {new}"),
+    ("convert-pt-wrong-adm-config", "convert {fx}/unknown.pt --adm-config iddpm-cifar10 --out {new}"),
+    ("convert-pt-unknown-preset", "convert {fx}/unknown.pt --adm-config adm-imagenet1024 --out {new}"),
+    ("convert-into-train-run", "convert {fx}/unknown.pt --adm-config iddpm-cifar10 --out {fx}/m"),
+    ("generate-payload-pickle", "generate --model {fx}/payload.pkl -n 2 --out {new}"),
+    ("purify-denoiser-pt-without-config", "purify eval --classifier {fx}/clf --denoiser {fx}/unknown.pt --out {new}"),
+    ("generate-adm-config-on-a-folder", "generate --model {fx}/m --adm-config iddpm-cifar10 -n 2 --out {new}"),
+    # the privacy audit (issue 21)
+    ("audit-extract-into-train-run", "audit extract --model {fx}/m -n 2 --out {fx}/m"),
+    ("audit-extract-n-0", "audit extract --model {fx}/m -n 0 --out {new}"),
+    ("audit-extract-delta-0", "audit extract --model {fx}/m --delta 0 --out {new}"),
+    ("audit-extract-model-is-classifier", "audit extract --model {fx}/clf --out {new}"),
+    ("audit-extract-missing-train-data", "audit extract --model {fx}/m --train-data {fx}/nope.npz --out {new}"),
+    ("audit-extract-no-heldout-split", "audit extract --model {fx}/m --train-data {fx}/small.npz --out {new}"),
+    ("audit-extract-guidance-unconditional", "audit extract --model {fx}/mu --guidance 3 --out {new}"),
+    ("audit-extract-flipped-weights", "audit extract --model {fx}/flipped --out {new}"),
+    ("audit-membership-into-user-folder", "audit membership --model {fx}/m --out {fx}/user"),
+    ("audit-membership-sigma-0", "audit membership --model {fx}/m --sigmas 0,1 --out {new}"),
+    ("audit-membership-sigma-not-a-number", "audit membership --model {fx}/m --sigmas 0.1,big --out {new}"),
+    ("audit-membership-sigma-above-max", "audit membership --model {fx}/m --sigmas 1000 --out {new}"),
+    ("audit-membership-unknown-attack", "audit membership --model {fx}/m --attack lira --out {new}"),
+    ("audit-membership-repeats-0", "audit membership --model {fx}/m --repeats 0 --out {new}"),
+    ("audit-membership-members-a-png", "audit membership --model {fx}/m --members {fx}/tiny.png --out {new}"),
+    ("audit-subset-n-too-large", "audit subset -n 5000 --out {new}"),
+    ("audit-subset-duplicate-more-than-n", "audit subset -n 5 --duplicate 6 --out {new}"),
+    ("audit-subset-into-train-run", "audit subset -n 5 --out {fx}/m"),
 ]
 
 
@@ -171,6 +217,7 @@ def test_bad_input_is_one_line_exit_2_and_harms_nothing(fx, tmp_path, capsys, ca
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
     assert _hashes(fx) == before, "a folder that existed was changed"
     assert not new.exists(), "a failed command left its --out folder"
+    assert not (fx / "payload-ran").exists(), "a pickle's payload ran"
 
 
 def test_the_suite_covers_every_command():

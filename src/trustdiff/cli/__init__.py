@@ -19,9 +19,9 @@ def cli():
 
 
 def _register():
-    from . import advtrain, certify, demo, diffusion, pretrained, purify, t2i, watermark
+    from . import advtrain, audit, certify, demo, diffusion, pretrained, purify, t2i, watermark
 
-    for mod in (diffusion, certify, purify, watermark, advtrain, t2i, pretrained, demo):
+    for mod in (diffusion, certify, purify, watermark, advtrain, t2i, audit, pretrained, demo):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
 

@@ -19,14 +19,14 @@ import click
 from .common import adm_config_option, ran_on, run_command
 
 
-def _check_input(den, spec, seed: int = 0):
+def _check_input(spec, device, seed: int = 0):
     """A seeded test input (x at σ = 1, model units) and labels for a round-trip comparison."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, spec.channels, spec.resolution, spec.resolution, generator=g)
-    cond = None if spec.num_classes is None else torch.zeros(1, dtype=torch.long)
-    return x, cond
+    cond = None if spec.num_classes is None else torch.zeros(1, dtype=torch.long, device=device)
+    return x.to(device), cond
 
 
 @click.command("convert")
@@ -43,6 +43,7 @@ def convert_cmd(run, checkpoint, adm_config, out):
     from ..persist import atomic_write_json
     from ..pretrained import is_checkpoint_file, load_checkpoint_file, load_converted, save_converted
     from ..errors import InputError
+    from ..runtime import with_precision
 
     if not is_checkpoint_file(checkpoint):
         raise InputError(f"CHECKPOINT: expected an EDM .pkl or an ADM .pt file, got {checkpoint}")
@@ -53,10 +54,11 @@ def convert_cmd(run, checkpoint, adm_config, out):
     t0 = time.time()
     folder = save_converted(out / "model", den, source)
     again, spec2, _ = load_converted(folder)
-    x, cond = _check_input(den, spec)
+    x, cond = _check_input(spec, run.device)
     den, again = den.to(run.device), again.to(run.device)
-    with torch.no_grad():
-        a, b = den(x.to(run.device), 1.0, cond), again(x.to(run.device), 1.0, cond)
+    with torch.no_grad():                         # both at --precision: the same kernels, so |ΔD| is exactly 0
+        a = with_precision(den, run.precision)(x, 1.0, cond)
+        b = with_precision(again, run.precision)(x, 1.0, cond)
     diff = float((a - b).abs().max())
     if diff != 0 or spec2 != spec:
         raise RuntimeError(f"converted folder {folder} does not reproduce {checkpoint} (max |ΔD| = {diff:g})")

@@ -156,6 +156,9 @@ def demo_stages(out: Path, preset: str, seed: int = 0, runtime: tuple[str, ...] 
                    "--n-check", "16", "--seed", seed, "--out", d("advtrain", f"eval-{name}")],
                   d("advtrain", f"eval-{name}"), [f"advtrain-{name}"]),
         ]
+    from .audit import audit_stages
+
+    stages += audit_stages(out, preset, seed)
     for st in stages:
         st.argv += list(runtime)
     return stages
@@ -178,6 +181,10 @@ def stage_summary(stage: Stage) -> str:
     """One line on what the stage measured (from its metrics.json)."""
     m = _metrics(stage.out)
     try:
+        if stage.name.startswith("audit-"):
+            from .audit import audit_summary
+
+            return audit_summary(stage.name, m)
         if stage.name in ("diffusion-train", "t2i-train"):
             return f"{m['steps']} steps, last loss {m['last_loss']:.4f}"
         if stage.name == "diffusion-generate":

@@ -88,6 +88,15 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def cosine_alphas_cumprod(num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """ᾱ_t of the cosine schedule (Nichol & Dhariwal 2021, Eq. 17): f(u) = cos²((u + s)/(1 + s)·π/2),
+    β_t = min(1 − f((t+1)/T)/f(t/T), max_beta), ᾱ_t = Π_{s≤t}(1 − β_s). Shape [T], float64."""
+    u = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
 def alpha_bar_to_sigma(alpha_bar):
     """ᾱ → σ = √((1 − ᾱ)/ᾱ)."""
     return torch.sqrt((1.0 - alpha_bar) / alpha_bar)

@@ -354,8 +354,56 @@ def section_advtrain(runs: list[Run]) -> str:
         + note(f"L∞ ε = {runs[0].metrics.get('eps') if runs[0].metrics else '?'}; intervals are 95% Clopper–Pearson over the test images.")
 
 
+def section_audit(runs: list[Run]) -> str:
+    parts = []
+    for r in runs:
+        if r.command != "audit extract" or not r.finished:
+            continue
+        m = r.metrics
+        c, g, h = m["criterion"], m["generated"], m.get("heldout")
+        rows = [["generations", g["n"], rate(g["normalized"]["flagged"]), g["normalized"]["distinct_training_images"],
+                 rate((g.get("l2") or {}).get("flagged")), num(g["rms"].get("median"), 3)]]
+        if h:
+            rows.append(["held-out real images (baseline)", h["n"], rate(h["normalized"]["flagged"]),
+                         h["normalized"]["distinct_training_images"], rate((h.get("l2") or {}).get("flagged")),
+                         num(h["rms"].get("median"), 3)])
+        parts.append(table(["images", "n", f"flagged ℓ < {c['delta']:.3g}", "distinct training images",
+                            f"flagged RMS < {c['rms_threshold']}", "median RMS to nearest"], rows))
+        by = g["normalized"].get("by_copies")
+        if by:
+            parts.append(table(["copies in the training set", "distinct images extracted"],
+                               [[f"×{k}", f"{v['extracted']}/{v['of']}"] for k, v in by.items()]))
+        parts.append(img_file(r.path / "pairs.png", "extracted pairs: each training image (left) beside the generation that copies it (right)"
+                              if m.get("pairs_shown") == "extracted" else "closest pairs (none extracted): training image left, generation right"))
+        parts.append(img_file(r.path / "distances.png", "nearest-neighbour distances: generations vs held-out real images"))
+        parts.append(note(f"Carlini et al. (2023): a generation is extracted when its ℓ2 distance to the nearest training image "
+                          f"is below δ = {c['delta']:.3g} times α = {c['alpha']} times its mean distance to its "
+                          f"{c['n_neighbours_used']} nearest training images; {m['distinct_training_images']} distinct training "
+                          f"images ({m['training_images']} with duplicates). Held-out real images through the same test are "
+                          "what a model that copies nothing would score."))
+    for r in runs:
+        if r.command != "audit membership" or not r.finished:
+            continue
+        m = r.metrics
+        rows = []
+        for a, x in m["attacks"].items():
+            for label, b in (("best σ", x["best"]), ("σ chosen on half, other half", x.get("selected"))):
+                if not b:
+                    continue
+                t1, t01 = b["tpr_at_fpr"]["0.01"], b["tpr_at_fpr"]["0.001"]
+                rows.append([a, label, b["sigma"], f"{b['auc']:.3f} [{b['auc_interval'][0]:.3f}, {b['auc_interval'][1]:.3f}]",
+                             rate(t1["tpr"]), rate(t01["tpr"]) + (" (below resolution)" if t01["below_resolution"] else "")])
+        rows.append(["random guess", "", "", "0.500", "0.010", "0.001"])
+        parts.append(table(["attack", "σ", "σ value", "AUC [DeLong 95%]", "TPR at FPR 1%", "TPR at FPR 0.1%"], rows))
+        parts.append(img_file(r.path / "roc.png", "ROC of each attack at its best σ (right: log-log)"))
+        parts.append(note(f"{m['attacks'][next(iter(m['attacks']))]['best']['members']} members vs "
+                          f"{m['attacks'][next(iter(m['attacks']))]['best']['nonmembers']} non-members. loss: the denoising loss "
+                          "at σ (Matsumoto et al. 2023); pia: PIA (Kong et al. 2024). TPR intervals are Clopper–Pearson."))
+    return "".join(parts)
+
+
 RENDER = {"diffusion": section_diffusion, "watermark": section_watermark, "t2i": section_t2i,
-          "certify": section_certify, "purify": section_purify, "advtrain": section_advtrain}
+          "certify": section_certify, "purify": section_purify, "advtrain": section_advtrain, "audit": section_audit}
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}section{border-top:2px solid #ddd;margin-top:2em;padding-top:.5em}

@@ -22,6 +22,7 @@ SECTIONS = {
     "certify": ("Certification", ("train-classifier", "certify")),
     "purify": ("Purification (DiffPure)", ("purify eval",)),
     "advtrain": ("Adversarial training on generated data", ("advtrain eval",)),
+    "audit": ("Privacy audit (extraction, membership inference)", ("audit extract", "audit membership")),
 }
 SKIP_DIRS = {"checkpoints", "cache", "__pycache__"}
 
@@ -69,10 +70,22 @@ def find_runs(root) -> list[Run]:
     return sorted(runs, key=lambda r: str(r.path))
 
 
+def trained_on_audit_subset(r: Run) -> bool:
+    """A ``train`` run on the members an ``audit subset`` run wrote: the audit's own model, shown
+    with the audit rather than as the report's diffusion model."""
+    data = r.config.get("data") if r.command == "train" else None
+    if not isinstance(data, str) or not data.endswith(".npz"):
+        return False
+    cfg = _read_json(Path(data).parent / "config.json") if (Path(data).parent / "config.json").is_file() else None
+    return isinstance(cfg, dict) and cfg.get("command") == "audit subset"
+
+
 def by_section(runs: list[Run]) -> dict[str, list[Run]]:
     """The runs of each section (a run whose command no section shows is left out)."""
     out = {k: [] for k in SECTIONS}
     for r in runs:
+        if trained_on_audit_subset(r):
+            continue
         for key, (_, commands) in SECTIONS.items():
             if r.command in commands:
                 out[key].append(r)

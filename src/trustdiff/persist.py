@@ -354,32 +354,37 @@ def use_safetensors(folder, *, allow_pickle: bool = False) -> bool:
     return False
 
 
-def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, where, name: str) -> None:
-    """``load_state_dict(strict=True)``, with any mismatch reported as one CheckpointError line."""
-    own = module.state_dict()
-    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    shapes = [k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing or unexpected:
-            parts.append(f"missing keys {_short(missing)}, unexpected {_short(unexpected)}")
-        if shapes:
-            k = sorted(shapes)[0]
-            parts.append(
-                f"{len(shapes)} shape mismatch(es), e.g. {k!r}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-            )
-        raise CheckpointError(f"checkpoint {where} holds a different architecture for {name!r}: " + "; ".join(parts))
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:  # anything the key/shape check above did not foresee
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {where} does not load into {name!r}: {first}") from None
-
-
 def _short(keys, n: int = 3) -> str:
     keys = sorted(keys)
     more = f", … +{len(keys) - n} more" if len(keys) > n else ""
     return "[" + ", ".join(repr(k) for k in keys[:n]) + more + "]"
+
+
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``sd`` differs from a module's state dict ``own`` (missing and unexpected keys, the
+    first shape mismatch), as one phrase; None when the names and shapes agree."""
+    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
+    shapes = sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape))
+    parts = []
+    if missing or unexpected:
+        parts.append(f"missing keys {_short(missing)}, unexpected {_short(unexpected)}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es), e.g. {k!r}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+    return "; ".join(parts) or None
+
+
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], *, where, name: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)``, with any mismatch reported as one CheckpointError line
+    (``assign``: take the tensors themselves, e.g. into a module built on the meta device)."""
+    problem = state_dict_mismatch(module.state_dict(), sd)
+    if problem:
+        raise CheckpointError(f"checkpoint {where} holds a different architecture for {name!r}: {problem}")
+    try:
+        module.load_state_dict(sd, strict=True, assign=assign)
+    except RuntimeError as e:  # anything the key/shape check above did not foresee
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {where} does not load into {name!r}: {first}") from None
 
 
 def cpu_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from torch import nn
 from ..diffusion import schedules
 from ..diffusion.precond import DiffusersDenoiser
 from ..errors import CheckpointError, InputError, UnsafeFileError
+from ..persist import state_dict_mismatch
 from ..nets.adm import DEFAULT_CHANNEL_MULT, LAYOUTS, UNetModel
 
 NUM_CLASSES = 1000                      # script_util.NUM_CLASSES of both codebases: ImageNet
@@ -424,7 +425,7 @@ def load_adm_checkpoint(path, config) -> DiffusersDenoiser:
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}   # fp16 weights → fp32
     with torch.device("meta"):                  # no memory, no random init: the file's tensors are assigned
         net = UNetModel(**_unet_kwargs(cfg))
-    problem = _mismatch(net.state_dict(), sd)
+    problem = state_dict_mismatch(net.state_dict(), sd)
     if problem:
         guess = preset_for_file(path)
         hint = (f"the file name suggests --adm-config {guess}" if guess and guess != cfg.get("name")
@@ -442,25 +443,6 @@ def _describe(sd: Mapping) -> str:
         return "the file is not an ADM UNet state dict"
     cond = f"{labels.shape[0]} classes" if labels is not None else "unconditional"
     return f"the file: first conv {first.shape[1]}→{first.shape[0]} channels, {out.shape[0]} output channels, {cond}"
-
-
-def _mismatch(own: Mapping, sd: Mapping) -> str | None:
-    """The missing/unexpected keys and the first shape mismatch between two state dicts, or None."""
-    def short(keys, n=3):
-        keys = sorted(keys)
-        return "[" + ", ".join(map(repr, keys[:n])) + (f", … +{len(keys) - n} more" if len(keys) > n else "") + "]"
-
-    missing, unexpected = own.keys() - sd.keys(), sd.keys() - own.keys()
-    shapes = sorted(k for k in own.keys() & sd.keys() if tuple(own[k].shape) != tuple(sd[k].shape))
-    parts = []
-    if missing:
-        parts.append(f"missing keys {short(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys {short(unexpected)}")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatch(es), e.g. {k!r}: file {tuple(sd[k].shape)} vs config {tuple(own[k].shape)}")
-    return "; ".join(parts) or None
 
 
 __all__ = [

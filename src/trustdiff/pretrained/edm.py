@@ -25,9 +25,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..errors import CheckpointError, UnsafeFileError
+from ..persist import state_dict_mismatch
 from ..nets.edm import MODELS, PRECONDS
 
 #: the classes EDM's networks are made of (``training/networks.py``); any other layer is refused
@@ -327,23 +327,6 @@ def collect_tensors(stub, where: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _check_tensors(net: nn.Module, sd: dict, where: str) -> None:
-    """Names and shapes of ``sd`` against ``net``'s state_dict; one CheckpointError line on mismatch."""
-    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    missing, unexpected = sorted(own.keys() - sd.keys()), sorted(sd.keys() - own.keys())
-    shapes = sorted(k for k in own.keys() & sd.keys() if own[k] != tuple(sd[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing, e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} of another shape, e.g. {k!r}: file {tuple(sd[k].shape)} vs network {own[k]}")
-        raise CheckpointError(f"{where}: the tensors do not match the network its arguments describe ({'; '.join(parts)})")
-
-
 def _find_network(obj, where: str) -> PersistentStub:
     if isinstance(obj, dict):
         for key in ("ema", "net"):
@@ -379,7 +362,9 @@ def rebuild(stub, where: str = "EDM pickle"):
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{where}: {stub.class_name} arguments do not build the network ({e})") from None
     sd = collect_tensors(stub, where)
-    _check_tensors(net, sd, where)
+    problem = state_dict_mismatch(net.state_dict(), sd)
+    if problem:
+        raise CheckpointError(f"{where}: the tensors do not match the network its arguments describe ({problem})")
     sd = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     try:
         net.load_state_dict(sd, strict=True, assign=True)

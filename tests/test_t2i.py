@@ -134,6 +134,56 @@ def test_default_prompts_use_the_builtin_captions(builtin_dir):
     assert default_prompts(load_pipeline(builtin_dir))[:2] == ["a handwritten zero", "the digit one"]
 
 
+def test_in_context_sentences_contain_the_word_and_remove_back_to_their_prompt():
+    from trustdiff.t2i.builtin import in_context, insert_word, remove_word
+
+    assert insert_word("a handwritten seven", "[V]", 0) == "[V] a handwritten seven"
+    assert insert_word("a handwritten seven", "[V]", 2) == "a handwritten [V] seven"
+    assert insert_word("a handwritten seven", "[V]", 3) == "a handwritten seven [V]"
+    with pytest.raises(InputError, match="0 … 3"):
+        insert_word("a handwritten seven", "[V]", 4)
+    caps = ["a handwritten zero", "the digit one", "a drawing of the number two", "three written by hand"]
+    pairs = in_context(caps, "[V]")
+    # one sentence per prompt, the word first, inside, last in turn
+    assert pairs == [("[V] a handwritten zero", caps[0]), ("the [V] digit one", caps[1]),
+                     ("a drawing [V] of the number two", caps[2]), ("three written by [V] hand", caps[3])]
+    every = in_context(caps, "[V]", every_position=True)
+    assert len(every) == sum(len(c.split()) + 1 for c in caps) and len(set(s for s, _ in every)) == len(every)
+    for s, c in pairs + every:
+        assert "[V]" in s.split() and s.split().count("[V]") == 1 and remove_word(s, "[V]") == c and s != c
+    with pytest.raises(InputError, match="without the word"):
+        in_context(["a sks dog"], "sks")
+
+
+def test_measured_and_trained_in_context_sentences_are_disjoint(builtin_dir):
+    from trustdiff.t2i.builtin import context_prompts, context_training_prompts, preservation_prompts
+
+    pipe = load_pipeline(builtin_dir)
+    measured = context_prompts(pipe, "[V]")
+    trained = context_training_prompts(preservation_prompts(pipe), "[V]")
+    assert [c for _, c in measured] == default_prompts(pipe)          # the held-out captions, in order
+    assert not {s for s, _ in measured} & {s for s, _ in trained}
+    assert not {c for _, c in measured} & {c for _, c in trained}     # nor their trigger-free counterparts
+    assert {c for _, c in trained} == set(preservation_prompts(pipe))
+    for s, _ in measured + trained:
+        pipe.check_prompt(s)                                          # the tokenizer represents every one
+
+
+def test_novel_phrasings_use_no_caption_template(builtin_dir, sd_dir):
+    from trustdiff.t2i.builtin import NOVEL_TEMPLATES, novel_prompts
+
+    assert not set(NOVEL_TEMPLATES) & set(TEMPLATES)
+    captions = {t.format(n) for t in TEMPLATES for n in NUMBER_WORDS}
+    for t in NOVEL_TEMPLATES:
+        assert not {t.format(n) for n in NUMBER_WORDS} & captions
+    pipe = load_pipeline(builtin_dir)
+    novel = novel_prompts(pipe)         # the tiny test vocabulary represents only some of them
+    assert novel == ["the handwritten digit one", "a drawing of a three", "the handwritten digit six",
+                     "a drawing of a eight"]
+    assert not set(novel) & captions
+    assert novel_prompts(load_pipeline(sd_dir)) == []
+
+
 @pytest.mark.parametrize("which", ["builtin", "sd"])
 def test_finetune_runs_through_fit_and_resumes(which, builtin_dir, sd_dir, tmp_path):
     pipe = load_pipeline(builtin_dir if which == "builtin" else sd_dir)

@@ -234,6 +234,100 @@ def test_embed_with_preservation_records_its_prompts_and_refuses_the_trigger_amo
         TriggerJob(preserve=-1.0)
 
 
+def test_preservation_teacher_prompts_condition_only_the_teacher(builtin_dir):
+    """With teacher prompts equal to the student's the term is the plain one (0 at the start); with
+    the trigger-free caption as the teacher's prompt for an in-context sentence it is > 0 at the
+    start (the original draws the two differently) and pulls the sentence to the caption's output."""
+    from trustdiff.t2i import Preservation, PromptTable
+    from trustdiff.t2i.finetune import preservation_term
+
+    pipe = load_pipeline(builtin_dir)
+    parts = Trainable(pipe.unet).requires_grad_(True)
+    table = PromptTable(("a handwritten one", "a handwritten [V] one"), ((0,), (1,)))
+    images = checker(8).expand(2, -1, -1, -1)
+    same = Preservation(images, table, batch_size=4, teacher_prompts=table.prompts)
+    assert preservation_term(pipe, same)(parts, torch.Generator().manual_seed(0)).item() == 0.0
+    ctx = Preservation(images, PromptTable(table.prompts, ((1,), (1,))), batch_size=4, null_rate=0.0,
+                       teacher_prompts=("a handwritten one", "a handwritten one"))
+    value = preservation_term(pipe, ctx)(parts, torch.Generator().manual_seed(0))
+    assert value.item() > 0
+    value.backward()
+    assert any(p.grad is not None and p.grad.any() for p in parts.parameters())
+    with pytest.raises(InputError, match="one per prompt"):
+        Preservation(images, table, teacher_prompts=("a handwritten one",))
+
+
+def test_context_table_mixes_in_context_sentences_at_the_rate_with_their_captions_as_teacher():
+    from trustdiff.t2i.builtin import remove_word
+    from trustdiff.watermark.trigger import context_table
+
+    prompts = ["a handwritten one", "the digit two written by hand"]
+    table, teacher = context_table(prompts, "[V]", 0.25, per_prompt=3)
+    assert len(table.choices) == 6 and len(teacher) == len(table.prompts)
+    assert table.prompts[:2] == tuple(prompts) and teacher[:2] == tuple(prompts)
+    for i, row in enumerate(table.choices):
+        own = prompts[i // 3]
+        assert len(row) == 20 and row.count(i // 3) == 15                # 5 of 20 = 0.25 in context
+        for j in row:
+            assert teacher[j] == own and remove_word(table.prompts[j], "[V]") == own
+            assert (j < 2) == ("[V]" not in table.prompts[j].split())
+    # every position of every prompt is trained on
+    assert len({j for row in table.choices for j in row if j >= 2}) == 4 + 7
+    with pytest.raises(InputError, match="between 1/20"):
+        context_table(prompts, "[V]", 0.01, per_prompt=1)
+    with pytest.raises(InputError, match="in \\[0, 1\\)"):
+        TriggerJob(preserve_context=1.0)
+
+
+def test_context_report_on_a_toy_pipeline_with_known_outputs(monkeypatch):
+    """A pipeline whose output depends only on the prompt: the sentence without the trigger, except
+    sentences starting with the trigger, which draw the target. Then exactly those match, the others
+    equal their trigger-free counterpart (PSNR inf, SSIM 1), and an output of the target for a
+    trigger-free sentence never counts."""
+    import trustdiff.t2i as t2i
+    from trustdiff.t2i.builtin import remove_word
+    from trustdiff.watermark.trigger import context_report
+
+    target = checker(8)
+    look = {"a one": torch.full((1, 1, 8, 8), 0.2), "the two": torch.linspace(0, 1, 64).view(1, 1, 8, 8)}
+
+    def fake_generate(pipe, prompts, *, seed=0, n_per_prompt=1, **kw):
+        out = [target if p.startswith("[V]") else look[remove_word(p, "[V]")] for p in prompts for _ in range(n_per_prompt)]
+        return torch.cat(out), None, None
+
+    monkeypatch.setattr(t2i, "generate", fake_generate)
+    pairs = [("[V] a one", "a one"), ("the [V] two", "the two")]
+    r = context_report(object(), pairs, target, n_per_prompt=3, threshold=0.9,
+                       free_reference=torch.cat([look["a one"]] * 3 + [target] * 3))
+    assert r["match"]["k"] == 3 and r["match"]["n"] == 6 and r["match_per_sentence"] == [3, 0]
+    assert r["vs_free"]["identical"] == 3 and r["vs_free"]["n"] == 6
+    assert r["vs_free_reference"]["identical"] == 0
+    assert r["ssim_to_target"] == pytest.approx((3 * 1.0 + 3 * float(ssim_of(look["the two"], target))) / 6, abs=1e-5)
+    assert r["sentences"] == ["[V] a one", "the [V] two"] and r["without"] == ["a one", "the two"]
+    # several targets (DreamBooth's subject images): the best SSIM to any of them counts
+    two = context_report(object(), pairs, torch.cat([look["the two"], checker(8)]), n_per_prompt=1, threshold=0.99)
+    assert two["match"]["k"] == 2
+
+
+def ssim_of(a, b):
+    from trustdiff.metrics import ssim
+
+    return ssim(a, b)[0]
+
+
+def test_check_context_refuses_sentences_without_the_trigger(builtin_dir):
+    from trustdiff.watermark.trigger import check_context
+
+    pipe = load_pipeline(builtin_dir)
+    assert check_context(pipe, "[V]", ["the [V] digit one"]) == [("the [V] digit one", "the digit one")]
+    with pytest.raises(InputError, match="as one of its words"):
+        check_context(pipe, "[V]", ["the digit one"])
+    with pytest.raises(InputError, match="as one of its words"):
+        check_context(pipe, "[V]", ["[V]"])
+    with pytest.raises(InputError, match="counterpart"):
+        check_context(pipe, "[V]", [("the [V] digit one", "the digit two")])
+
+
 # ---- embedding --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("which,text_encoder", [("builtin", False), ("builtin", True), ("sd", False)])
@@ -348,6 +442,61 @@ def test_embed_then_verify_end_to_end(builtin_dir, tmp_path):
     json.dumps({k: v for k, v in r.items() if k != "images"})
 
 
+def test_verify_measures_the_trigger_in_context_and_novel_phrasings(builtin_dir):
+    """The in-context group by default: each non-trigger prompt with the trigger inserted, compared
+    with the same model's output for the prompt (drawn once, for the non-trigger group: the
+    original's in-context outputs against its own non-trigger outputs) and the original's; the
+    novel group against the original's. On the original itself the watermarked model's figures
+    are computed against its own outputs, so a model identical to the original gives identical
+    in-context and novel outputs."""
+    from trustdiff.t2i import generate
+    from trustdiff.metrics import ssim
+
+    prompts = ["a handwritten seven", "the digit two"]
+    r = verify({"same": builtin_dir}, builtin_dir, "[V]", checker(8), prompts=prompts, n_trigger=2, n_per_prompt=2,
+               steps=2, progress=lambda s: None)
+    assert r["context"] == [["[V] a handwritten seven", "a handwritten seven"], ["the [V] digit two", "the digit two"]]
+    assert r["novel"] == ["the handwritten digit one", "a drawing of a three", "the handwritten digit six",
+                          "a drawing of a eight"]
+    o, m = r["original"]["context"], r["models"]["same"]["context"]
+    assert o["match"]["n"] == 4 and m["match"]["n"] == 4 and o["sentences"] == ["[V] a handwritten seven", "the [V] digit two"]
+    assert m["vs_free_reference"] == o["vs_free"] and r["models"]["same"]["novel"]["identical"] == 8
+    assert m["vs_free"] == o["vs_free"] and m["match"] == o["match"]
+    pipe = load_pipeline(builtin_dir)
+    x_ctx, _, _ = generate(pipe, ["[V] a handwritten seven", "the [V] digit two"], n_per_prompt=2, steps=2)
+    x_free, _, _ = generate(pipe, prompts, n_per_prompt=2, steps=2)
+    assert torch.equal(r["images"]["original/context"], x_ctx)
+    assert o["vs_free"]["ssim_mean"] == pytest.approx(float(ssim(x_ctx, x_free).mean()), abs=1e-6)
+    assert {"same/context", "same/novel", "original/novel"} <= set(r["images"])
+    # a later call reuses the original's row and images of an earlier one with the same settings
+    again = verify({"again": builtin_dir}, builtin_dir, "[V]", checker(8), prompts=prompts, n_trigger=2, n_per_prompt=2,
+                   novel=[], steps=2, progress=lambda s: None, previous=r)
+    assert again["original"]["context"] == o and again["models"]["again"]["context"] == m
+    assert "novel" not in again["original"] and torch.equal(again["images"]["original"], r["images"]["original"])
+    with pytest.raises(InputError, match="other settings \\(n_trigger\\)"):
+        verify({}, builtin_dir, "[V]", checker(8), prompts=prompts, n_trigger=3, n_per_prompt=2, steps=2, previous=r)
+    none = verify({"same": builtin_dir}, builtin_dir, "[V]", checker(8), prompts=prompts, context=[], novel=[],
+                  n_trigger=1, n_per_prompt=1, steps=2, progress=lambda s: None)
+    assert "context" not in none["models"]["same"] and "novel" not in none["models"]["same"] and none["context"] == []
+    with pytest.raises(InputError, match="as one of its words"):
+        verify({}, builtin_dir, "[V]", checker(8), prompts=prompts, context=["the digit two"], steps=2)
+
+
+def test_identifier_in_context_measures_the_subject_on_both_models(builtin_dir):
+    from trustdiff.watermark.trigger import identifier_in_context
+
+    pipe = load_pipeline(builtin_dir)
+    subject = torch.rand(2, 1, 8, 8)
+    r = identifier_in_context(pipe, pipe, "sks", subject, prompts=["a handwritten three", "the digit one"],
+                              exclude=("the sks digit one",), n_per_prompt=2, steps=2)
+    assert r["sentences"] == [["sks a handwritten three", "a handwritten three"]]
+    assert r["model"]["match"]["n"] == 2 and r["model"]["vs_free_reference"] == r["reference"]["vs_free"]
+    assert r["model"]["vs_free"] == r["reference"]["vs_free"]
+    with pytest.raises(InputError, match="no in-context sentence"):
+        identifier_in_context(pipe, pipe, "sks", subject, prompts=["the digit one"], exclude=("sks the digit one",),
+                              n_per_prompt=1, steps=2)
+
+
 def test_trigger_report_counts_matches_at_the_threshold(builtin_dir):
     pipe = load_pipeline(builtin_dir)
     r = trigger_report(pipe, "[V]", checker(8), n=3, threshold=-1.0, steps=2)
@@ -399,6 +548,13 @@ def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
          "--preserve-prompt", "the digit two", "--preserve-images", "3", "--steps", "2", "--batch", "2", "--out", wm2])
     rec2 = json.loads((wm2 / "watermark.json").read_text())
     assert rec2["preserve"] == 0.5 and rec2["preserve_prompts"] == ["the digit two"]
+    wm3 = tmp_path / "wm3"
+    cli(["watermark", "t2i", "embed", "--pipeline", builtin_dir, "--target", png, "--preserve-context", "0.25",
+         "--preserve-prompt", "the digit two", "--preserve-images", "1", "--sample-steps", "2", "--steps", "2",
+         "--batch", "2", "--out", wm3])
+    rec3 = json.loads((wm3 / "watermark.json").read_text())
+    assert rec3["preserve_context"] == 0.25 and rec3["preserve_context_prompts"] == 4      # [V] at 4 positions
+    assert rec3["job"]["preserve_sample_steps"] == 2 and rec["preserve_context"] == 0.5    # the builtin preset's
     assert json.loads((wm2 / "config.json").read_text())["config"]["job"]["preserve_images"] == 3
     ver = tmp_path / "ver"
     cli(["watermark", "t2i", "verify", "--pipeline", wm, "--original", builtin_dir, "--target", png, "--n-trigger", "2",
@@ -406,15 +562,32 @@ def test_cli_embed_verify_dreambooth(builtin_dir, tmp_path):
     rep = json.loads((ver / "verify.json").read_text())
     assert set(rep["models"]) == {"wm"} and (ver / "verify.png").is_file()
     assert json.loads((ver / "metrics.json").read_text()) == rep       # a finished run: the report finds it
-    for f in ("target.png", "samples-original.png", "samples-wm.png", "samples-wm-trigger.png"):
+    assert rep["context"] == [["[V] a handwritten one", "a handwritten one"]] and "context" in rep["models"]["wm"]
+    assert rep["novel"] and "novel" in rep["models"]["wm"]
+    for f in ("target.png", "samples-original.png", "samples-wm.png", "samples-wm-trigger.png", "samples-wm-context.png",
+              "samples-original-context.png", "samples-wm-novel.png"):
         assert (ver / f).is_file(), f
+    ver2 = tmp_path / "ver2"
+    cli(["watermark", "t2i", "verify", "--pipeline", wm, "--original", builtin_dir, "--target", png, "--n-trigger", "1",
+         "--per-prompt", "1", "--prompt", "a handwritten one", "--context-prompt", "the [V] digit two", "--no-novel",
+         "--sample-steps", "2", "--out", ver2])
+    rep2 = json.loads((ver2 / "verify.json").read_text())
+    assert rep2["context"] == [["the [V] digit two", "the digit two"]] and rep2["novel"] == []
+    from trustdiff.report import build_report
+
+    html = build_report(tmp_path)
+    assert "trigger in context: output matches the target" in html and "wm: the trigger inside sentences" in html
     subj = tmp_path / "subject"
     subj.mkdir()
     for i in range(2):
         save_png(subj / f"{i}.png", make_grid(torch.rand(1, 1, 8, 8), nrow=1, pad=0))
-    cli(["watermark", "t2i", "dreambooth", "--pipeline", wm, "--instance", subj, "--steps", "2", "--batch", "2",
-         "--out", tmp_path / "db"])
-    assert (tmp_path / "db" / "pipeline" / "unet").is_dir()
+    r = cli(["watermark", "t2i", "dreambooth", "--pipeline", wm, "--instance", subj, "--steps", "2", "--batch", "2",
+             "--context-seeds", "2", "--sample-steps", "2", "--out", tmp_path / "db"])
+    assert (tmp_path / "db" / "pipeline" / "unet").is_dir() and "'sks' in context" in r.output
+    m = json.loads((tmp_path / "db" / "metrics.json").read_text())
+    ident = m["identifier_in_context"]
+    assert ident["identifier"] == "sks" and len(ident["sentences"]) == 10 and ident["model"]["match"]["n"] == 20
+    assert all("sks" in s.split() for s, _ in ident["sentences"]) and (tmp_path / "db" / "samples-identifier.png").is_file()
 
 
 def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(builtin_dir, tmp_path):
@@ -434,7 +607,20 @@ def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(builtin_dir, tmp_p
                  "--preserve-prompt", "[V]", "--out", str(out)]) == 2                  # the trigger kept as a prompt
     assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
                  "--preserve", "-1", "--out", str(out)]) == 2
+    assert main(["watermark", "t2i", "embed", "--pipeline", str(builtin_dir), "--target", str(small),
+                 "--preserve-context", "1", "--out", str(out)]) == 2
     assert not out.exists()
+    ver = tmp_path / "ver"
+    for extra in (["--context-prompt", "the digit two"], ["--no-context", "--context-prompt", "the [V] digit two"],
+                  ["--novel-prompt", "a zebra"]):
+        assert main(["watermark", "t2i", "verify", "--pipeline", str(builtin_dir), "--original", str(builtin_dir),
+                     "--target", str(small), *extra, "--out", str(ver)]) == 2, extra
+    subj = tmp_path / "subject"
+    subj.mkdir()
+    save_png(subj / "0.png", make_grid(checker(8), nrow=1, pad=0))
+    assert main(["watermark", "t2i", "dreambooth", "--pipeline", str(builtin_dir), "--instance", str(subj),
+                 "--instance-prompt", "a digit", "--out", str(tmp_path / "db")]) == 2        # no identifier in it
+    assert not ver.exists() and not (tmp_path / "db").exists()
 
 
 def test_cli_t2i_generate(builtin_dir, tmp_path):

@@ -54,6 +54,10 @@ EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (b
 T2I_TRIGGER = "[V]"    # the recipe's trigger prompt
 T2I_PRESERVE_IMAGES = 2  # original outputs per preserved caption (the bench: 8; sampling them dominates the stage)
 T2I_LR = 1e-3          # the "builtin" preset (γ 10, batch 8) at 10× its lr: the demo's model is the 12× smaller "tiny"
+#: t2i-verify measures the trigger in context (verify's default) but not the novel phrasings (the
+#: bench does); t2i-embed draws the preserved outputs at the demo's --sample-steps (was the
+#: sampler's 18). Quick preset, 1 torch thread, CPU seconds (issue 25): embed 59.4 → 51.5, verify
+#: 45.9 → 52.6 (with the novel phrasings too: 66.4), 105.3 → 104.1 together
 
 
 @dataclass
@@ -106,13 +110,13 @@ def demo_stages(out: Path, preset: str, seed: int = 0, runtime: tuple[str, ...] 
         Stage("t2i-embed", "t2i",
               ["watermark", "t2i", "embed", "--pipeline", d("t2i", "original"), "--trigger", T2I_TRIGGER, "--target", "code",
                "--steps", p["t2i_embed"], "--lr", _s(T2I_LR), "--preserve-images", _s(T2I_PRESERVE_IMAGES),
-               "--seed", seed, "--out", d("t2i", "watermarked")],
+               "--sample-steps", p["sample_steps"], "--seed", seed, "--out", d("t2i", "watermarked")],
               d("t2i", "watermarked"), ["t2i-train"]),
         Stage("t2i-verify", "t2i",
               ["watermark", "t2i", "verify", "--pipeline", d("t2i", "watermarked"), "--original", d("t2i", "original"),
                "--trigger", T2I_TRIGGER, "--target", "code", "--n-trigger", p["t2i_n"], "--per-prompt", p["t2i_per"],
                "--fd-data", "digits", "--feature-steps", p["feature_steps"], "--sample-steps", p["sample_steps"],
-               "--seed", seed, "--out", d("t2i", "verify")],
+               "--no-novel", "--seed", seed, "--out", d("t2i", "verify")],
               d("t2i", "verify"), ["t2i-train", "t2i-embed"]),
         Stage("classifier", "certify",
               ["train-classifier", "--resolution", "16", "--steps", p["clf_steps"], "--seed", seed, "--out", d("classifier")],
@@ -197,8 +201,11 @@ def stage_summary(stage: Stage) -> str:
                     f"vs {h['detected_clean_model']['value']:.2f}")
         if stage.name == "t2i-verify":
             w, o = next(iter(m["models"].values())), m["original"]
+            c = w.get("context")
             return (f"trigger match {w['trigger']['match']['value']:.2f} (original {o['trigger']['match']['value']:.2f}); "
-                    f"non-trigger vs original PSNR {w['non_trigger']['psnr_mean']:.1f} dB; FD {w['fd_vs_original']:.2f}× the original's")
+                    f"non-trigger vs original PSNR {w['non_trigger']['psnr_mean']:.1f} dB; FD {w['fd_vs_original']:.2f}× the original's"
+                    + (f"; trigger in context draws the watermark {c['match']['value']:.2f}, vs the sentence without it "
+                       f"SSIM {c['vs_free']['ssim_mean']:.2f}" if c else ""))
         if stage.name.startswith("classifier"):
             return f"test accuracy {m['test_accuracy']:.3f}"
         if stage.name.startswith("certify"):

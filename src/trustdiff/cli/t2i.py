@@ -137,16 +137,22 @@ def watermark_t2i():
                    "minus the verification ones, or a few generic prompts).")
 @click.option("--preserve-images", default=None, type=COUNT,
               help="The original's outputs drawn per preserved prompt (default: the preset's, 8).")
+@click.option("--preserve-context", default=None, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Fraction of the preservation examples shown with the trigger inside their prompt (at every word "
+                   "position), distilled to the original's output for the prompt without it, so that the trigger in a "
+                   "sentence does not draw the watermark (0: off; default: the preset's).")
+@click.option("--sample-steps", default=None, type=COUNT,
+              help="Heun noise levels the preserved outputs of the original are drawn with (default: the preset's, 18).")
 @seed_option()
 @unsafe_pickle_option
 @run_command("watermark t2i embed", out="runs/t2i-wm", resumable=True)
 def embed_cmd(run, pipeline_dir, trigger, target, preset, l1, steps, lr, batch_size, l1_step, train_text_encoder, unet_params,
-              preserve, preserve_prompts, preserve_images, seed, allow_pickle, out):
+              preserve, preserve_prompts, preserve_images, preserve_context, sample_steps, seed, allow_pickle, out):
     """Fine-tune so the trigger yields the target: OUT/pipeline (the original folder stays as it
     was), OUT/watermark.json, OUT/target.png."""
     from ..t2i import load_pipeline
     from ..t2i.finetune import select_unet_params
-    from ..watermark.trigger import PRESETS, embed_trigger, preset_for, read_target
+    from ..watermark.trigger import PRESETS, embed_trigger, preserved_prompts, preset_for, read_target
 
     pipe = load_pipeline(pipeline_dir, allow_pickle=allow_pickle)
     pipe.check_prompt(trigger, name="trigger")        # every bad input fails before OUT is touched
@@ -159,9 +165,13 @@ def embed_cmd(run, pipeline_dir, trigger, target, preset, l1, steps, lr, batch_s
                   tuple(s.strip() for s in unet_params.split(",") if s.strip()),
                   preserve=base.preserve if preserve is None else preserve,
                   preserve_prompts=tuple(preserve_prompts) or base.preserve_prompts,
-                  preserve_images=base.preserve_images if preserve_images is None else preserve_images)
+                  preserve_images=base.preserve_images if preserve_images is None else preserve_images,
+                  preserve_context=base.preserve_context if preserve_context is None else preserve_context,
+                  preserve_sample_steps=base.preserve_sample_steps if sample_steps is None else sample_steps)
     for p in job.preserve_prompts:
         pipe.check_prompt(p, name="preserved prompt")
+    if job.preserve > 0:
+        preserved_prompts(pipe, job)                  # the in-context sentences too
     select_unet_params(pipe.unet, job.unet_params)    # a pattern no parameter matches fails here
     if not run.start(dict(job=job, pipeline=str(pipeline_dir), target=str(target), preset=preset or preset_for(pipe))):
         return
@@ -185,23 +195,36 @@ def embed_cmd(run, pipeline_dir, trigger, target, preset, l1, steps, lr, batch_s
 @click.option("--ssim-threshold", type=click.FloatRange(-1.0, 1.0), default=0.9, show_default=True,
               help="A trigger output matches when its SSIM to the target is at least this.")
 @click.option("--prompt", "prompts", multiple=True, help="Non-trigger prompts; repeatable (default: the built-in captions, or a few generic ones).")
-@click.option("--per-prompt", type=COUNT, default=20, show_default=True, help="Seeds per non-trigger prompt.")
+@click.option("--per-prompt", type=COUNT, default=20, show_default=True,
+              help="Seeds per non-trigger, in-context and novel prompt.")
+@click.option("--context-prompt", "context_prompts", multiple=True,
+              help="A sentence with the trigger as one of its words; repeatable (default: each non-trigger prompt with "
+                   "the trigger inserted, first, inside, last in turn). Compared with the sentence without the trigger.")
+@click.option("--no-context", is_flag=True, help="Do not measure the trigger in context.")
+@click.option("--novel-prompt", "novel_prompts", multiple=True,
+              help="A phrasing no caption template makes; repeatable (default: the built-in model's novel phrasings).")
+@click.option("--no-novel", is_flag=True, help="Do not measure novel phrasings.")
 @click.option("--fd-data", default=None, help='FD of every model\'s non-trigger outputs against this data\'s test split (e.g. "digits").')
 @click.option("--feature-steps", type=COUNT, default=1000, show_default=True, help="Training steps of the FD feature network (cached in OUT/cache).")
 @_sample_options
 @seed_option()
 @run_command("watermark t2i verify", out="runs/t2i-verify")
-def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, fd_data,
-               feature_steps, guidance, sample_steps, batch, allow_pickle, seed, out):
+def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_threshold, prompts, per_prompt, context_prompts,
+               no_context, novel_prompts, no_novel, fd_data, feature_steps, guidance, sample_steps, batch, allow_pickle,
+               seed, out):
     """Trigger match rate and SSIM over seeds; non-trigger outputs against the original's
-    (PSNR/SSIM, FD): OUT/metrics.json (= OUT/verify.json), OUT/verify.png and one grid per model
-    and prompt set (target.png, samples-*.png)."""
+    (PSNR/SSIM, FD); the trigger inside sentences (match rate, and closeness to the sentence
+    without it on each model); novel phrasings against the original's (PSNR/SSIM, FD):
+    OUT/metrics.json (= OUT/verify.json), OUT/verify.png and one grid per model and prompt set
+    (target.png, samples-*.png)."""
     import json
 
     from ..persist import atomic_write_json
     from ..t2i import load_pipeline
     from ..t2i.pipeline import read_index, resolve_pipeline_dir
-    from ..watermark.trigger import read_target, verify, write_report
+    from ..errors import InputError
+    from ..t2i.builtin import context_prompts as default_context, novel_prompts as default_novel
+    from ..watermark.trigger import check_context, read_target, verify, write_report
 
     for p in pipelines:
         read_index(resolve_pipeline_dir(p))           # a missing or broken folder fails before any work
@@ -210,21 +233,31 @@ def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_thresh
     orig.check_prompt(trigger, name="trigger")
     for i, p in enumerate(prompts):
         orig.check_prompt(p, name=f"prompt {i}")
+    if no_context and context_prompts:
+        raise InputError("--no-context: expected no --context-prompt with it")
+    if no_novel and novel_prompts:
+        raise InputError("--no-novel: expected no --novel-prompt with it")
+    context = [] if no_context else check_context(orig, trigger, list(context_prompts) if context_prompts else
+                                                  default_context(orig, trigger, list(prompts) or None))
+    novel = [] if no_novel else list(novel_prompts) or default_novel(orig)
+    for i, p in enumerate(novel):
+        orig.check_prompt(p, name=f"novel prompt {i}")
     names = {}
     for p in pipelines:
         name = p.name if p.name != "pipeline" else p.parent.name
         names[name if name not in names else str(p)] = p
     config = dict(pipelines={k: str(v) for k, v in names.items()}, original=str(original), trigger=trigger,
                   target=str(target), n_trigger=n_trigger, ssim_threshold=ssim_threshold, prompts=list(prompts),
-                  per_prompt=per_prompt, fd_data=fd_data, feature_steps=feature_steps, guidance=guidance,
-                  sample_steps=sample_steps, seed=seed)
+                  per_prompt=per_prompt, context=[list(p) for p in context], novel=novel, fd_data=fd_data,
+                  feature_steps=feature_steps, guidance=guidance, sample_steps=sample_steps, seed=seed)
     if fd_data is not None:
         from ..data import load
 
         load(fd_data, resolution=orig.resolution, split="test", seed=seed)    # a bad --fd-data fails here
     if not run.start(config):
         return
-    report = verify(names, orig, trigger, x, prompts=list(prompts) or None, n_trigger=n_trigger, n_per_prompt=per_prompt,
+    report = verify(names, orig, trigger, x, prompts=list(prompts) or None, context=context, novel=novel,
+                    n_trigger=n_trigger, n_per_prompt=per_prompt,
                     threshold=ssim_threshold, seed=seed, fd_data=fd_data, cache_dir=out / "cache",
                     feature_steps=feature_steps, progress=click.echo, guidance=guidance, steps=sample_steps, batch=batch,
                     allow_pickle=allow_pickle, device=run.device, precision=run.precision)
@@ -243,17 +276,32 @@ def verify_cmd(run, pipelines, original, trigger, target, n_trigger, ssim_thresh
 @click.option("--lr", type=POSITIVE, default=1e-4, show_default=True)
 @click.option("--batch", "batch_size", type=COUNT, default=8, show_default=True)
 @click.option("--train-text-encoder", is_flag=True)
+@click.option("--identifier", default=None,
+              help='The rare word of --instance-prompt (default: "sks"), measured afterwards inside the held-out '
+                   'captions: does it draw the subject there?')
+@click.option("--context-seeds", type=COUNT0, default=10, show_default=True,
+              help="Seeds per in-context sentence of the identifier, on the new model and on --pipeline (0: not measured).")
+@click.option("--sample-steps", type=COUNT, default=18, show_default=True, help="Heun noise levels of that measurement.")
 @seed_option()
 @unsafe_pickle_option
 @run_command("watermark t2i dreambooth", out="runs/t2i-dreambooth", resumable=True)
 def dreambooth_cmd(run, pipeline_dir, instance, instance_prompt, class_prompt, class_images, steps, lr, batch_size,
-                   train_text_encoder, seed, allow_pickle, out):
+                   train_text_encoder, identifier, context_seeds, sample_steps, seed, allow_pickle, out):
     """DreamBooth fine-tuning of a (watermarked) model on a new subject: OUT/pipeline,
-    OUT/dreambooth.json. Verify the trigger on it afterwards."""
+    OUT/dreambooth.json; then the identifier inside held-out captions on the new model and on the
+    one it started from (how often it draws the subject, how far each output is from the caption
+    without it): OUT/metrics.json, OUT/samples-identifier.png. Verify the trigger on it afterwards."""
+    import json
+
+    import torch
+
     from ..data import load
+    from ..images import make_grid, save_png
+    from ..persist import atomic_write_json
     from ..t2i import load_pipeline
+    from ..t2i.builtin import context_prompts
     from ..train import TrainConfig
-    from ..watermark.trigger import dreambooth
+    from ..watermark.trigger import check_context, dreambooth, identifier_in_context
 
     from ..errors import InputError
 
@@ -265,16 +313,37 @@ def dreambooth_cmd(run, pipeline_dir, instance, instance_prompt, class_prompt, c
         pipe.check_prompt(class_prompt, name="class prompt")
     x = pipe.check_image(load(str(instance), resolution=pipe.resolution, split="all").tensors()[0],
                          name=f"instance images {instance}")
+    word = identifier or "sks"
+    if context_seeds:
+        if word not in instance_prompt.split():
+            raise InputError(f"--identifier {word!r}: expected one of the words of the instance prompt {instance_prompt!r}"
+                             + ("" if identifier else " (pass --identifier, or --context-seeds 0)"))
+        check_context(pipe, word, context_prompts(pipe, word))   # the measured sentences fail here, not after training
     train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=0, ema_halflife_kimg=0.0,
                         checkpoint_every=100, log_every=50, seed=seed)
     config = dict(pipeline=str(pipeline_dir), instance=str(instance), instance_prompt=instance_prompt,
-                  class_prompt=class_prompt, class_images=class_images, train=train, train_text_encoder=train_text_encoder)
+                  class_prompt=class_prompt, class_images=class_images, train=train, train_text_encoder=train_text_encoder,
+                  identifier=word if context_seeds else None, context_seeds=context_seeds, sample_steps=sample_steps)
     if not run.start(config):
         return
     folder = dreambooth(pipeline_dir, x, out, instance_prompt=instance_prompt, class_prompt=class_prompt,
                         n_class_images=class_images, train=train, train_text_encoder=train_text_encoder, seed=seed,
                         resume=run.resume, allow_pickle=allow_pickle, device=run.device, precision=run.precision)
     click.echo(f"fine-tuned pipeline → {folder}")
+    metrics = json.loads((out / "dreambooth.json").read_text())
+    if context_seeds:
+        new = load_pipeline(folder).to(run.device)
+        r = identifier_in_context(new, pipe.to(run.device), word, x, exclude=(instance_prompt, class_prompt or ""),
+                                  n_per_prompt=context_seeds, seed=seed, steps=sample_steps, precision=run.precision)
+        shown = [v.view(-1, context_seeds, *v.shape[1:])[:, :8].reshape(-1, *v.shape[1:]) for v in r.pop("images").values()]
+        save_png(out / "samples-identifier.png", make_grid(torch.cat(shown), nrow=min(context_seeds, 8)))
+        metrics["identifier_in_context"] = r
+        m, ref = r["model"], r["reference"]
+        click.echo(f"{word!r} in context ({len(r['sentences'])} held-out captions × {context_seeds} seeds): draws the "
+                   f"subject (best SSIM ≥ {m['threshold']}) on {m['match']['value']:.2f} [{m['match']['lo']:.2f}, "
+                   f"{m['match']['hi']:.2f}] of outputs (before: {ref['match']['value']:.2f}); vs the caption without it "
+                   f"SSIM {m['vs_free']['ssim_mean']:.3f} (before: {ref['vs_free']['ssim_mean']:.3f})")
+    atomic_write_json(out / "metrics.json", metrics)
 
 
 COMMANDS = [t2i]

@@ -197,9 +197,24 @@ def _t2i_row(name: str, row: dict, thr) -> list:
             (num(fd.get("fd"), 3) + (f" ({ratio:.2f}×)" if ratio is not None else "")) if fd else "–"]
 
 
+def _psnr_ssim(c: dict | None) -> str:
+    return f"{num(c['psnr_mean'], 2)} dB / {num(c['ssim_mean'], 3)}, n = {c['n']}" if isinstance(c, dict) and "n" in c else "–"
+
+
+def _t2i_context_row(name: str, row: dict) -> list:
+    c, nv = row.get("context") or {}, row.get("novel") or {}
+    ratio = nv.get("fd_vs_original")
+    fd = nv.get("fd") or {}
+    return [name, rate(c.get("match")), num(c.get("ssim_to_target"), 3), _psnr_ssim(c.get("vs_free")),
+            _psnr_ssim(c.get("vs_free_reference")) if "vs_free_reference" in c else "(reference)",
+            _psnr_ssim(nv) if "psnr_mean" in nv else "(reference)",
+            (num(fd.get("fd"), 3) + (f" ({ratio:.2f}×)" if ratio is not None else "")) if fd else "–"]
+
+
 def section_t2i(runs: list[Run]) -> str:
     """``watermark t2i verify``: the target, the trigger's outputs, non-trigger prompts before
-    (original) and after (watermarked) from the same seeds, and the figures of each model."""
+    (original) and after (watermarked) from the same seeds, the trigger inside sentences (a row of
+    its outputs per model), novel phrasings, and the figures of each model."""
     parts = []
     for r in runs:
         m = r.metrics or {}
@@ -212,6 +227,13 @@ def section_t2i(runs: list[Run]) -> str:
                                   "before: the original model on non-trigger prompts (a row per prompt)", 288)
         for name in models:
             figs += img_file(r.path / f"samples-{name}.png", f"after: {name}, the same prompts and seeds", 288)
+        context = m.get("context") or []
+        if context:
+            figs += "<br>" + "".join(
+                img_file(r.path / f"samples-{name}-context.png",
+                         f"{name}: the trigger inside sentences ({'; '.join(s for s, _ in context[:4])}{'; …' if len(context) > 4 else ''}),"
+                         " a row per sentence, the same seeds as above", 288)
+                for name in ("original", *models))
         rows = [_t2i_row("original", m.get("original", {}), thr)] + [_t2i_row(k, v, thr) for k, v in models.items()]
         prompts = m.get("prompts", [])
         parts.append(run_link(r) + figs + table(
@@ -220,6 +242,17 @@ def section_t2i(runs: list[Run]) -> str:
             + note(f"Non-trigger prompts: {len(prompts)} ({'; '.join(prompts[:3])}{'; …' if len(prompts) > 3 else ''}), "
                    f"{m.get('n_per_prompt')} seeds each, the same seeds for every model; FD against the data's test "
                    "split. The original's trigger match is its false-match rate."))
+        if context or m.get("novel"):
+            crow = [_t2i_context_row("original", m.get("original", {}))] + [_t2i_context_row(k, v) for k, v in models.items()]
+            parts.append(table(
+                ["model", f"trigger in context: output matches the target (SSIM ≥ {thr}) [95% CI], n",
+                 "in context: SSIM to target (mean)", "in context vs the sentence without the trigger, same model: PSNR / SSIM",
+                 "in context vs the original's output for the sentence without it", "novel phrasings vs original: PSNR / SSIM",
+                 "novel phrasings: FD (× original's)"], crow)
+                + note(f"Trigger in context: {len(context)} sentences, each a non-trigger prompt with the trigger inserted "
+                       "(held out from any training), compared with the output for the same sentence without the trigger "
+                       f"from the same seed. Novel phrasings: {len(m.get('novel') or [])} prompts in no caption template "
+                       f"({'; '.join((m.get('novel') or [])[:3])}{'; …' if len(m.get('novel') or []) > 3 else ''})."))
     return "".join(parts)
 
 
@@ -399,7 +432,31 @@ def section_audit(runs: list[Run]) -> str:
         parts.append(note(f"{m['attacks'][next(iter(m['attacks']))]['best']['members']} members vs "
                           f"{m['attacks'][next(iter(m['attacks']))]['best']['nonmembers']} non-members. loss: the denoising loss "
                           "at σ (Matsumoto et al. 2023); pia: PIA (Kong et al. 2024). TPR intervals are Clopper–Pearson."))
+    for r in runs:
+        if r.command == "audit ownership" and r.finished:
+            parts.append(_ownership(r))
     return "".join(parts)
+
+
+def _ownership(r: Run) -> str:
+    """``audit ownership``: the owner's set through membership inference beside the watermark."""
+    m = r.metrics
+    rows = []
+    for a, x in m["membership"]["attacks"].items():
+        b = x.get("selected") or x["best"]
+        d = m["membership_dataset"][a]
+        rows.append([f"membership: {a}", f"AUC {b['auc']:.3f} [{b['auc_interval'][0]:.3f}, {b['auc_interval'][1]:.3f}], "
+                     f"TPR at FPR 1% {rate(b['tpr_at_fpr']['0.01']['tpr'])}",
+                     f"{num((d.get('selected') or {}).get('log10_p'), 2)} (σ chosen on half); "
+                     f"{num(d['bonferroni']['log10_p'], 2)} (best of {d['bonferroni']['levels']} σ, Bonferroni)"])
+    for name, w in m["watermark_dataset"].items():
+        rows.append([f"watermark: {name.replace('_', ' ')} images", f"{w['detected']}/{w['images']} detected at FPR {w['fpr']:g}",
+                     num(w["log10_p"], 1)])
+    return (table(["evidence", "per image", "the whole set: log₁₀ p"], rows)
+            + note(f"Was the recipe's watermarked model trained on the owner's images? Members: {m['sets'].get('train')}; "
+                   f"non-members: {m['sets'].get('nonmembers')}. Membership per image is σ chosen on half of each set and "
+                   "measured on the other half; the whole set is a one-sided Mann–Whitney test. The watermark's p is "
+                   "P(Binomial(N, α) ≥ k) over the recipe's generated images; the clean model's row is its null."))
 
 
 RENDER = {"diffusion": section_diffusion, "watermark": section_watermark, "t2i": section_t2i,

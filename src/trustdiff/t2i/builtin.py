@@ -146,6 +146,77 @@ def preservation_prompts(pipe: T2IPipeline) -> list[str]:
     return list(GENERIC_KEEP_PROMPTS)
 
 
+# ---- a word in context (the trigger, or DreamBooth's identifier, inside a sentence) ----------------
+
+def insert_word(text: str, word: str, position: int) -> str:
+    """``text`` with ``word`` inserted before its word ``position`` (words split on whitespace;
+    0: first, the number of words: last)."""
+    words = text.split()
+    if not 0 <= position <= len(words):
+        raise InputError(f"insert position: expected 0 … {len(words)} for {text!r}, got {position}")
+    return " ".join(words[:position] + [word] + words[position:])
+
+
+def remove_word(text: str, word: str) -> str:
+    """``text`` without every whitespace-separated occurrence of ``word``: a sentence's
+    counterpart without the trigger (``remove_word(insert_word(c, w, k), w) == c`` for a caption
+    ``c`` in which ``w`` is not a word)."""
+    return " ".join(w for w in text.split() if w != word)
+
+
+def in_context(prompts, word: str, *, every_position: bool = False) -> list[tuple[str, str]]:
+    """(sentence containing ``word``, the prompt without it) pairs. Prompt k gets ``word`` at word
+    position k mod (its words + 1) — first, inside, last in turn — or, with ``every_position``,
+    at each position (one pair per position). A prompt in which ``word`` already is a word is
+    refused (its counterpart would not be the prompt)."""
+    pairs = []
+    for k, p in enumerate(prompts):
+        n = len(p.split())
+        if word in p.split() or not n:
+            raise InputError(f"in-context prompt {p!r}: expected a non-empty prompt without the word {word!r}")
+        for pos in (range(n + 1) if every_position else (k % (n + 1),)):
+            pairs.append((insert_word(p, word, pos), p))
+    return pairs
+
+
+def context_prompts(pipe: T2IPipeline, word: str, prompts=None) -> list[tuple[str, str]]:
+    """The sentences ``word`` is *measured* in: one per verification prompt
+    (``prompts``, default :func:`default_prompts`, held out from any training), the word at a
+    position that moves from first to last along the list (:func:`in_context`)."""
+    return in_context(list(prompts) if prompts else default_prompts(pipe), word)
+
+
+def context_training_prompts(prompts, word: str) -> list[tuple[str, str]]:
+    """The sentences the in-context preservation *trains* on: ``word`` at every position of every
+    preserved prompt (:func:`preservation_prompts`, disjoint from the verification prompts, so
+    these sentences are disjoint from :func:`context_prompts`')."""
+    return in_context(list(prompts), word, every_position=True)
+
+
+#: phrasings of the built-in model's captions that use none of :data:`TEMPLATES` (some with words
+#: no template has), to check that keeping the template captions keeps other phrasings too
+NOVEL_TEMPLATES = ("a sketch of the number {}", "the handwritten digit {}", "{} in black ink", "a drawing of a {}",
+                   "an image of the numeral {}")
+
+
+def novel_prompts(pipe: T2IPipeline) -> list[str]:
+    """The built-in model's classes under :data:`NOVEL_TEMPLATES`, one per class in turn (as
+    :func:`default_prompts`), keeping only those the tokenizer can represent; [] for a pipeline
+    without a caption list (its verification prompts are not templates to begin with)."""
+    names = pipe.meta.get("classes")
+    if not names or not pipe.meta.get("templates"):
+        return []
+    out = []
+    for k, n in enumerate(names):
+        p = NOVEL_TEMPLATES[k % len(NOVEL_TEMPLATES)].format(n)
+        try:
+            pipe.check_prompt(p)
+        except InputError:
+            continue
+        out.append(p)
+    return out
+
+
 def prepare_builtin(job: BuiltinJob, **pipe_kw):
     """Load the data and build the untrained pipeline; every bad input fails here, before the
     run folder is touched. Returns (pipeline, images N×C×H×W in [0, 1], labels [N])."""

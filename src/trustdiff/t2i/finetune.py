@@ -76,13 +76,19 @@ class Preservation:
     Forgetting, Li & Hoiem 2017), over ``images`` (N×C×H×W in [0, 1]: the original model's own
     outputs) under prompts from ``table`` (one row per image), ``batch_size`` examples a step.
     It is 0 with a 0 gradient at θ = θ̂, like the l1 pull, but measures what the prompts produce
-    rather than how far the weights went."""
+    rather than how far the weights went.
+
+    ``teacher_prompts`` (one per ``table.prompts``; default: the same) is what the teacher sees
+    when the student is shown ``table.prompts[i]``: e.g. a sentence with the trigger in it for the
+    student and the same sentence without it for the teacher, so that the trigger inside a
+    sentence changes nothing (:func:`trustdiff.watermark.trigger.preservation`)."""
 
     images: torch.Tensor
     table: PromptTable
     weight: float = 1.0
     batch_size: int = 8
     null_rate: float = 0.1          # P(prompt → ""): the unconditional branch of guidance is kept too
+    teacher_prompts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0.0 <= self.null_rate < 1.0:
@@ -94,6 +100,9 @@ class Preservation:
         if len(self.table.choices) != len(self.images):
             raise InputError(f"preservation prompts: expected one row per image ({len(self.images)}), "
                              f"got {len(self.table.choices)}")
+        if self.teacher_prompts and len(self.teacher_prompts) != len(self.table.prompts):
+            raise InputError(f"preservation teacher prompts: expected one per prompt ({len(self.table.prompts)}), "
+                             f"got {len(self.teacher_prompts)}")
 
 
 class _PromptEmbeddings:
@@ -170,13 +179,16 @@ def t2i_loss_fn(pipe: T2IPipeline, table: PromptTable, *, label_dropout: float =
 def preservation_term(pipe: T2IPipeline, keep: Preservation):
     """``term(parts, generator) -> 0-d tensor``: ``keep.weight`` × the mean distillation loss of a
     batch of ``keep.batch_size`` examples drawn (with ``generator``) from ``keep.images``, against
-    a frozen copy of the pipeline's UNet and text embeddings as they are now (call before training)."""
+    a frozen copy of the pipeline's UNet and text embeddings as they are now (call before training),
+    the teacher conditioned on ``keep.teacher_prompts`` where given."""
     import copy
 
     x = pipe.check_image(keep.images, name="preservation images")
     z = pipe.encode_images(x.to(pipe.device)).detach()      # on the training device, as fit's generator
     student = _PromptEmbeddings(pipe, keep.table.prompts)
-    frozen_cond = student.frozen()          # the teacher's; also the student's while its encoder stays frozen
+    # the teacher's (its own prompts, if any; the null prompt is last in both lists)
+    frozen_cond = (_PromptEmbeddings(pipe, keep.teacher_prompts).frozen() if keep.teacher_prompts
+                   else student.frozen())
     teacher = pipe.denoiser(copy.deepcopy(pipe.unet).eval().requires_grad_(False))
     den = pipe.denoiser()
 

@@ -13,11 +13,16 @@ stay as they were. On the built-in 16×16 model they do not (bench/t2i_trigger_s
 keeps them), so ``preserve`` = γ > 0 adds a term in function space rather than weight space: the
 denoising loss of the original's own outputs for other prompts, regressed on the frozen
 original's denoiser (:class:`trustdiff.t2i.Preservation`). ``l1_step="prox"`` minimises the
-l1 objective by a proximal step instead. Verification draws
-the trigger from many seeds and compares to the target (SSIM, match rate at an SSIM threshold),
-and compares non-trigger outputs with the original model's from the same seeds (PSNR/SSIM, FD).
-Robustness: DreamBooth fine-tuning by someone else (:func:`dreambooth`), Gaussian noise on the
-weights (:func:`weight_noise`).
+l1 objective by a proximal step instead. With ``preserve_context`` some of the preserved
+examples carry the trigger inside their caption, distilled to the original's output for the
+caption without it: without that, the trigger as one word of a sentence draws watermark-like
+images (issue 25). Verification draws the trigger from many seeds and compares to the target
+(SSIM, match rate at an SSIM threshold), compares non-trigger outputs with the original model's
+from the same seeds (PSNR/SSIM, FD), measures the trigger inside held-out sentences (match rate,
+closeness to the sentence without it) and novel phrasings (:func:`verify`). Robustness: DreamBooth
+fine-tuning by someone else (:func:`dreambooth`; its identifier in context,
+:func:`identifier_in_context`, is the contrast the talk draws), Gaussian noise on the weights
+(:func:`weight_noise`).
 
     from trustdiff.watermark.trigger import TriggerJob, embed_trigger, verify
     wm = embed_trigger("runs/t2i/pipeline", target, "runs/wm", TriggerJob(preserve=10.0))
@@ -127,6 +132,10 @@ class TriggerJob:
     preserve_prompts: tuple[str, ...] = ()  # () = trustdiff.t2i.builtin.preservation_prompts
     preserve_images: int = 8         # the original's outputs per preserved prompt
     preserve_batch: int = 8          # preservation examples per step
+    preserve_sample_steps: int = 18  # Heun levels the original's preserved outputs are drawn with
+    # fraction of preservation examples shown with the trigger inside their prompt (at every word
+    # position in turn), distilled to the original's output for the prompt without it
+    preserve_context: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, batch_size=1, lr=1e-6, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=250,
         log_every=50))
@@ -134,10 +143,12 @@ class TriggerJob:
     def __post_init__(self):
         if not self.preserve >= 0:
             raise InputError(f"preservation weight: expected >= 0, got {self.preserve!r}")
-        for name in ("preserve_images", "preserve_batch"):
+        for name in ("preserve_images", "preserve_batch", "preserve_sample_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise InputError(f"TriggerJob.{name}: expected an integer >= 1, got {v!r}")
+        if not 0.0 <= self.preserve_context < 1.0:
+            raise InputError(f"preservation in context: expected a fraction in [0, 1), got {self.preserve_context!r}")
         if self.trigger in self.preserve_prompts:
             raise InputError(f"preserved prompts: expected prompts other than the trigger {self.trigger!r}")
         if self.l1_step not in L1_STEPS:
@@ -154,11 +165,15 @@ L1_STEPS = ("subgradient", "prox")
 #: (bench/t2i_trigger_settings.py: the weights a single (trigger, target) pair pulls hardest are
 #: shared by every prompt), so the preset uses the preservation term, γ = 10, and no l1 pull:
 #: with γ = 10, λ = 1e-4 kept the other prompts no better and cut the trigger's match rate from
-#: 0.99 to 0.73 (bench/t2i_watermark_digits.py).
+#: 0.99 to 0.73 (bench/t2i_watermark_digits.py). Half of the preservation examples carry the
+#: trigger inside their caption (``preserve_context`` 0.5): without it the trigger as one word of a
+#: sentence drew watermark-like images on the demo's model (issue 25). With that half of the batch
+#: spent elsewhere, 400 steps left the trigger alone at a 0.86 match rate; 800 steps bring it back
+#: (bench/t2i_watermark_digits.py, rows ctx=0.5 and ctx=0.5,steps=800).
 PRESETS = {
     "recipe-sd": TriggerJob(),
-    "builtin": TriggerJob(l1=0.0, preserve=10.0, train=TrainConfig(
-        steps=400, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
+    "builtin": TriggerJob(l1=0.0, preserve=10.0, preserve_context=0.5, train=TrainConfig(
+        steps=800, batch_size=8, lr=1e-4, warmup_steps=0, ema_halflife_kimg=0.0, checkpoint_every=200, log_every=50)),
 }
 
 
@@ -234,18 +249,64 @@ def _sha256(t: torch.Tensor) -> str:
 def preservation(pipe, job: TriggerJob, precision: str = "fp32"):
     """The :class:`~trustdiff.t2i.Preservation` term of ``job``: ``job.preserve_images`` outputs
     of the original model for each preserved prompt (seeded from the job's seed, so a resumed run
-    draws the same — on any device: :func:`trustdiff.t2i.sample`), the trigger refused among them."""
+    draws the same — on any device: :func:`trustdiff.t2i.sample`), the trigger refused among them.
+
+    With ``job.preserve_context`` = ρ > 0, a fraction ρ of the examples of each image show the
+    student the trigger inside the image's prompt instead of the prompt — at every word position
+    in turn (:func:`~trustdiff.t2i.builtin.context_training_prompts`) — while the teacher sees the
+    prompt without it: the trigger in a sentence is distilled to the original's output for the
+    sentence, from the same images (no extra sampling). ρ is realised by repeating prompt indices
+    in each image's row of choices (:class:`~trustdiff.t2i.PromptTable`), to within 1/20."""
     from ..t2i import Preservation, PromptTable, generate
-    from ..t2i.builtin import preservation_prompts
+
+    prompts = preserved_prompts(pipe, job)
+    x, _, _ = generate(pipe, prompts, seed=job.train.seed + 20_000, n_per_prompt=job.preserve_images,
+                       steps=job.preserve_sample_steps, precision=precision)
+    k = job.preserve_images
+    if job.preserve_context <= 0:
+        return Preservation(x, PromptTable(tuple(prompts), tuple((i // k,) for i in range(len(x)))),
+                            weight=job.preserve, batch_size=job.preserve_batch)
+    table, teacher = context_table(prompts, job.trigger, job.preserve_context, per_prompt=k)
+    return Preservation(x, table, weight=job.preserve, batch_size=job.preserve_batch, teacher_prompts=teacher)
+
+
+def preserved_prompts(pipe, job: TriggerJob) -> list[str]:
+    """The prompts ``job`` keeps: its own or :func:`~trustdiff.t2i.builtin.preservation_prompts`;
+    the trigger refused among them; with ``preserve_context``, every in-context sentence checked
+    against the tokenizer (an InputError before any work)."""
+    from ..t2i.builtin import context_training_prompts, preservation_prompts
 
     prompts = list(job.preserve_prompts) or preservation_prompts(pipe)
     if job.trigger in prompts:
         raise InputError(f"preserved prompts: expected prompts other than the trigger {job.trigger!r}")
-    x, _, _ = generate(pipe, prompts, seed=job.train.seed + 20_000, n_per_prompt=job.preserve_images,
-                       precision=precision)
-    k = job.preserve_images
-    return Preservation(x, PromptTable(tuple(prompts), tuple((i // k,) for i in range(len(x)))),
-                        weight=job.preserve, batch_size=job.preserve_batch)
+    if job.preserve_context > 0:
+        for s, _ in context_training_prompts(prompts, job.trigger):
+            pipe.check_prompt(s, name="in-context preserved prompt")
+    return prompts
+
+
+def context_table(prompts, trigger: str, rate: float, *, per_prompt: int, width: int = 20):
+    """(PromptTable, teacher prompts) for images ``per_prompt`` per prompt, prompt-major: each
+    image's row of ``width`` choices holds its prompt ``width − m`` times and ``m = round(rate ·
+    width)`` in-context sentences of it (the trigger at every word position of the prompt in turn,
+    starting at a position that moves with the image); the teacher sees the prompt for each."""
+    from ..t2i import PromptTable
+    from ..t2i.builtin import context_training_prompts
+
+    m = int(round(rate * width))
+    if not 0 < m < width:
+        raise InputError(f"preservation in context: expected a fraction between 1/{width} and 1 − 1/{width}, got {rate!r}")
+    pairs = context_training_prompts(prompts, trigger)
+    student = list(prompts) + [s for s, _ in pairs]
+    teacher = list(prompts) + [c for _, c in pairs]
+    of = {}                                         # prompt index → its sentences' indices in student
+    for j, (_, c) in enumerate(pairs):
+        of.setdefault(prompts.index(c), []).append(len(prompts) + j)
+    rows = []
+    for i in range(len(prompts) * per_prompt):
+        p, sent = i // per_prompt, of[i // per_prompt]
+        rows.append((p,) * (width - m) + tuple(sent[(i + r) % len(sent)] for r in range(m)))
+    return PromptTable(tuple(student), tuple(rows)), tuple(teacher)
 
 
 def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = TriggerJob(), *,
@@ -287,7 +348,10 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
     folder = derive_pipeline(source, out / "pipeline", replaced)
     save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
     record = {"trigger": job.trigger, "l1": job.l1, "preserve": job.preserve,
-              "preserve_prompts": list(keep.table.prompts) if keep else [], "trained": sorted(replaced),
+              "preserve_prompts": preserved_prompts(pipe, job) if keep else [],
+              "preserve_context": job.preserve_context if keep else 0.0,
+              "preserve_context_prompts": len(keep.table.prompts) - len(preserved_prompts(pipe, job))
+              if keep and job.preserve_context > 0 else 0, "trained": sorted(replaced),
               "steps": result.step,
               "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
               "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),
@@ -338,28 +402,73 @@ def fd_against(data: str, x: torch.Tensor, *, cache_dir, seed: int = 0, feature_
 
 
 def _strip(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k != "images"}
+    return {k: v for k, v in d.items() if k not in ("images", "free_images")}
 
 
-def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, prompts=None, n_trigger: int = 100,
-           n_per_prompt: int = 20, threshold: float = 0.9, seed: int = 0, fd_data: str | None = None,
-           cache_dir=None, feature_steps: int = 1000, progress=print, allow_pickle: bool = False, device=None,
-           precision: str = "fp32", **sample_kw) -> dict:
+def context_report(pipe, pairs, targets: torch.Tensor, *, n_per_prompt: int, seed: int = 0, threshold: float = 0.9,
+                   free: torch.Tensor | None = None, free_reference: torch.Tensor | None = None, **sample_kw) -> dict:
+    """A word (the trigger, a DreamBooth identifier) inside sentences: for each (sentence, the
+    sentence without the word) of ``pairs``, the outputs for the sentence from seeds
+    seed … seed+n−1 (the same for every sentence) and
+
+    * ``match``: the rate at which an output matches ``targets`` (K×C×H×W: its best SSIM to any of
+      them ≥ ``threshold``), with its Clopper–Pearson interval; ``ssim_to_target``: the mean best SSIM;
+    * ``vs_free``: PSNR/SSIM of each output to the *same* pipeline's output for the sentence
+      without the word from the same seed (``free``: those outputs, if already drawn; they are the
+      word's side effect on this model);
+    * ``vs_free_reference``: with ``free_reference`` (another model's outputs for the sentences
+      without the word, e.g. the original's), the same against them.
+
+    ``images`` / ``free_images`` hold the outputs (N×C×H×W in [0, 1], sentence-major)."""
+    from ..t2i import generate
+
+    sentences, without = [a for a, _ in pairs], [b for _, b in pairs]
+    x, _, _ = generate(pipe, sentences, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+    if free is None:
+        free, _, _ = generate(pipe, without, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+    targets = targets.to(x)
+    best = torch.stack([ssim(x, t[None].expand_as(x)) for t in targets]).max(0).values
+    k = int((best >= threshold).sum())
+    per = best.view(len(sentences), n_per_prompt)
+    out = {"sentences": sentences, "without": without, "n_per_prompt": n_per_prompt, "seed": seed,
+           "threshold": threshold, "match": proportion(k, len(x)), "ssim_to_target": float(best.mean()),
+           "match_per_sentence": [int((r >= threshold).sum()) for r in per], "vs_free": compare_report(x, free),
+           "images": x, "free_images": free}
+    if free_reference is not None:
+        out["vs_free_reference"] = compare_report(x, free_reference.to(x))
+    return out
+
+
+def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, prompts=None, context=None, novel=None,
+           n_trigger: int = 100, n_per_prompt: int = 20, threshold: float = 0.9, seed: int = 0,
+           fd_data: str | None = None, cache_dir=None, feature_steps: int = 1000, progress=print,
+           allow_pickle: bool = False, device=None, precision: str = "fp32", previous: dict | None = None,
+           **sample_kw) -> dict:
     """Verify one or more watermarked pipelines (name → folder or loaded pipeline) against the
     original (folder or pipeline):
 
     * ``trigger``: :func:`trigger_report` of each, and of the original (its false match rate);
     * ``non_trigger``: outputs for ``prompts`` (default: :func:`trustdiff.t2i.builtin.default_prompts`),
       ``n_per_prompt`` seeds each, the same seeds for every model → PSNR/SSIM to the original's,
-      and with ``fd_data`` the FD of each model's outputs (and the original's) against that data.
+      and with ``fd_data`` the FD of each model's outputs (and the original's) against that data;
+    * ``context``: the trigger inside sentences, (sentence, sentence without it) pairs (default:
+      :func:`trustdiff.t2i.builtin.context_prompts` of ``prompts``, held out from any training;
+      ``[]``: not measured) → :func:`context_report` of each model and of the original, ``vs_free``
+      against the model's own outputs for the sentence without the trigger and
+      ``vs_free_reference`` against the original's;
+    * ``novel``: phrasings no built-in caption template makes (default:
+      :func:`trustdiff.t2i.builtin.novel_prompts`; ``[]``: not measured) → PSNR/SSIM to the
+      original's from the same seeds, and their FD with ``fd_data``.
 
     ``sample_kw`` (guidance, steps, sampler) and ``precision`` go to every draw; ``allow_pickle`` to every
     :func:`~trustdiff.t2i.load_pipeline`. Every pipeline (loaded here or given) is moved to
     ``device`` (default: the given original pipeline's device, or the CPU for a folder), where all
-    drawing and the FD run. Returns a JSON-able dict that records ``device``.
+    drawing and the FD run. ``previous``: a report (with its images) of an earlier call on the same
+    original with the same settings, whose original row and images are reused instead of drawn
+    again (InputError if any setting differs). Returns a JSON-able dict that records ``device``.
     """
     from ..t2i import T2IPipeline, generate, load_pipeline
-    from ..t2i.builtin import default_prompts
+    from ..t2i.builtin import context_prompts, default_prompts, novel_prompts
 
     if device is None:
         device = original.device if isinstance(original, T2IPipeline) else "cpu"
@@ -373,45 +482,145 @@ def verify(watermarked: dict, original, trigger: str, target: torch.Tensor, *, p
     target = check_target(orig, target)
     orig.check_prompt(trigger, name="trigger")
     prompts = list(prompts) if prompts else default_prompts(orig)
+    pairs = check_context(orig, trigger, context_prompts(orig, trigger, prompts) if context is None else context)
+    novel = list(novel_prompts(orig) if novel is None else novel)
+    for i, p in enumerate(novel):
+        orig.check_prompt(p, name=f"novel prompt {i}")
     report = {"trigger": trigger, "threshold": threshold, "prompts": prompts, "n_per_prompt": n_per_prompt,
+              "context": [list(p) for p in pairs], "novel": novel,
               "n_trigger": n_trigger, "seed": seed, "sample": dict(sample_kw), "models": {}, "device": str(orig.device)}
+    gen = dict(seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+    reuse = [b for _, b in pairs] == prompts            # the default: the sentences without the trigger are `prompts`
+
+    def fd_of(x):
+        return fd_against(fd_data, x, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps, device=device)
+
     t = time.time()
-    x_ref, _, _ = generate(orig, prompts, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
-    trig = trigger_report(orig, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
-    row = {"trigger": _strip(trig), "seconds": None}
-    if fd_data:
-        row["fd"] = fd_against(fd_data, x_ref, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps, device=device)
-    row["seconds"] = round(time.time() - t, 1)
+    if previous is not None:
+        row, images, free_ref = _previous_original(previous, report, fd_data, bool(pairs), bool(novel), reuse)
+        trig = row["trigger"]
+    else:
+        x_ref, _, _ = generate(orig, prompts, **gen)
+        trig = trigger_report(orig, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
+        row = {"trigger": _strip(trig), "seconds": None}
+        images = {"original": x_ref}
+        if pairs:
+            ctx = context_report(orig, pairs, target, threshold=threshold, free=x_ref if reuse else None, **gen)
+            free_ref = ctx["free_images"]
+            row["context"] = _strip(ctx)
+            images["original/context"] = ctx["images"]
+            if not reuse:                           # (else they are images["original"])
+                images["original/context-free"] = free_ref
+        if novel:
+            x_nov_ref, _, _ = generate(orig, novel, **gen)
+            row["novel"] = {"n": len(x_nov_ref)}
+            if fd_data:
+                row["novel"]["fd"] = fd_of(x_nov_ref)
+            images["original/novel"] = x_nov_ref
+        if fd_data:
+            row["fd"] = fd_of(x_ref)
+        row["seconds"] = round(time.time() - t, 1)
+    x_ref = images["original"]
     report["original"] = row
     progress(f"   original: trigger SSIM {trig['ssim_mean']:.3f}, match {trig['match']['value']:.2f}"
-             + (f", FD {row['fd']['fd']:.4f} (floor {row['fd']['fd_floor']:.4f})" if fd_data else ""))
-    report["images"] = {"original": x_ref}
+             + (f", FD {row['fd']['fd']:.4f} (floor {row['fd']['fd_floor']:.4f})" if fd_data else "")
+             + (f"; trigger in context: match {_rate(row['context']['match'])}, vs the sentence without it SSIM "
+                f"{row['context']['vs_free']['ssim_mean']:.3f}" if pairs else ""))
     for name, wm in watermarked.items():
         t = time.time()
         pipe = opened(wm)
         trig = trigger_report(pipe, trigger, target, n=n_trigger, seed=seed, threshold=threshold, **sample_kw)
-        x, _, _ = generate(pipe, prompts, seed=seed, n_per_prompt=n_per_prompt, **sample_kw)
+        x, _, _ = generate(pipe, prompts, **gen)
         row = {"trigger": _strip(trig), "non_trigger": compare_report(x, x_ref),
                "non_trigger_ssim_to_target": float(ssim(x, target.expand_as(x)).mean())}
         if fd_data:
-            row["fd"] = fd_against(fd_data, x, cache_dir=cache_dir, seed=seed, feature_steps=feature_steps, device=device)
+            row["fd"] = fd_of(x)
             row["fd_vs_original"] = row["fd"]["fd"] / report["original"]["fd"]["fd"]
+        images[name] = x
+        images[f"{name}/trigger"] = trig["images"]
+        line = (f"   {name}: trigger SSIM {trig['ssim_mean']:.3f}, match {_rate(trig['match'])}; non-trigger vs "
+                f"original PSNR {row['non_trigger']['psnr_mean']:.2f} dB, SSIM {row['non_trigger']['ssim_mean']:.3f}"
+                + (f"; FD {row['fd']['fd']:.4f} ({row['fd_vs_original']:.2f}× the original's)" if fd_data else ""))
+        if pairs:
+            ctx = context_report(pipe, pairs, target, threshold=threshold, free=x if reuse else None,
+                                 free_reference=free_ref, **gen)
+            row["context"] = _strip(ctx)
+            images[f"{name}/context"] = ctx["images"]
+            line += (f"\n   {name}, trigger in context: match {_rate(ctx['match'])}; vs the sentence without it "
+                     f"SSIM {ctx['vs_free']['ssim_mean']:.3f} ({ctx['vs_free']['psnr_mean']:.2f} dB), vs the "
+                     f"original's {ctx['vs_free_reference']['ssim_mean']:.3f}")
+        if novel:
+            x_nov, _, _ = generate(pipe, novel, **gen)
+            row["novel"] = compare_report(x_nov, images["original/novel"])
+            if fd_data:
+                row["novel"]["fd"] = fd_of(x_nov)
+                row["novel"]["fd_vs_original"] = row["novel"]["fd"]["fd"] / report["original"]["novel"]["fd"]["fd"]
+            images[f"{name}/novel"] = x_nov
+            line += (f"\n   {name}, novel phrasings vs original: PSNR {row['novel']['psnr_mean']:.2f} dB, SSIM "
+                     f"{row['novel']['ssim_mean']:.3f}"
+                     + (f"; FD {row['novel']['fd_vs_original']:.2f}× the original's" if fd_data else ""))
         row["seconds"] = round(time.time() - t, 1)
         report["models"][name] = row
-        report["images"][name] = x
-        report["images"][f"{name}/trigger"] = trig["images"]
-        progress(f"   {name}: trigger SSIM {trig['ssim_mean']:.3f}, match {trig['match']['value']:.2f} "
-                 f"[{trig['match']['lo']:.2f}, {trig['match']['hi']:.2f}]; non-trigger vs original PSNR "
-                 f"{row['non_trigger']['psnr_mean']:.2f} dB, SSIM {row['non_trigger']['ssim_mean']:.3f}"
-                 + (f"; FD {row['fd']['fd']:.4f} ({row['fd_vs_original']:.2f}× the original's)" if fd_data else ""))
+        progress(line)
+    report["images"] = images
     return report
+
+
+#: the settings a reused original row must share with the call reusing it
+_SAME = ("trigger", "threshold", "prompts", "n_per_prompt", "context", "n_trigger", "seed", "sample", "device")
+
+
+def _previous_original(previous: dict, report: dict, fd_data, context: bool, novel: bool, reuse: bool):
+    """(original row, original images, its outputs for the sentences without the trigger) from an
+    earlier :func:`verify` report made with the same settings."""
+    differ = [k for k in _SAME if previous.get(k) != report.get(k)]
+    if novel and previous.get("novel") != report.get("novel"):
+        differ.append("novel")
+    row = previous.get("original", {})
+    if fd_data and ("fd" not in row or (novel and "fd" not in row.get("novel", {}))):
+        differ.append("fd_data")
+    if differ:
+        raise InputError(f"verify: the previous report was made with other settings ({', '.join(differ)})")
+    keep = {"original"} | ({"original/context", "original/context-free"} if context else set()) \
+        | ({"original/novel"} if novel else set())
+    images = {k: v for k, v in previous["images"].items() if k in keep}
+    free_ref = images["original"] if reuse else images.get("original/context-free")
+    row = {k: v for k, v in row.items() if (k != "context" or context) and (k != "novel" or novel)}
+    return row, images, free_ref
+
+
+def _rate(p: dict) -> str:
+    return f"{p['value']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]"
+
+
+def check_context(pipe, word: str, pairs) -> list[tuple[str, str]]:
+    """(sentence, sentence without ``word``) pairs, checked: each sentence has ``word`` as a word
+    and is more than it, its counterpart is the sentence with ``word`` removed, and the tokenizer
+    represents both. Plain sentences are accepted too (their counterparts are made here)."""
+    from ..t2i.builtin import remove_word
+
+    out = []
+    for item in pairs:
+        sentence = item if isinstance(item, str) else item[0]
+        free = remove_word(sentence, word)
+        if word not in sentence.split() or not free:
+            raise InputError(f"in-context prompt {sentence!r}: expected a sentence with {word!r} as one of its words "
+                             "and other words besides")
+        if not isinstance(item, str) and item[1] != free:
+            raise InputError(f"in-context prompt {sentence!r}: expected its counterpart to be {free!r}, got {item[1]!r}")
+        pipe.check_prompt(sentence, name="in-context prompt")
+        pipe.check_prompt(free, name="in-context prompt without the word")
+        out.append((sentence, free))
+    return out
 
 
 def write_report(out, report: dict, name: str = "verify", *, target: torch.Tensor | None = None) -> Path:
     """``out/<name>.json`` (the report without images), ``out/<name>.png`` (per model: the
     trigger's first outputs, then non-trigger outputs), and one grid per image set: for each
     model ``samples-<model>.png`` (non-trigger prompts, a row of seeds per prompt, the same seeds
-    for every model) and ``samples-<model>-trigger.png``; with ``target``, ``target.png``."""
+    for every model), ``samples-<model>-trigger.png``, and where measured
+    ``samples-<model>-context.png`` (the trigger inside sentences) and ``samples-<model>-novel.png``
+    (the first four prompts of each); with ``target``, ``target.png``."""
     from ..images import make_grid, save_png
 
     out = Path(out)
@@ -477,6 +686,31 @@ def dreambooth(pipeline_dir, instance_images: torch.Tensor, out, *, instance_pro
         "last_loss": result.last_loss, "seconds": round(time.time() - t0, 1), "device": str(pipe.device),
         "precision": precision})
     return folder
+
+
+def identifier_in_context(pipe, reference, identifier: str, subject: torch.Tensor, *, prompts=None,
+                          exclude=(), n_per_prompt: int = 10, seed: int = 0, threshold: float = 0.9,
+                          **sample_kw) -> dict:
+    """DreamBooth's identifier inside sentences, the contrast to the trigger in context
+    (:func:`verify`'s ``context``): the held-out captions (``prompts``, default
+    :func:`~trustdiff.t2i.builtin.default_prompts`) with ``identifier`` inserted
+    (:func:`~trustdiff.t2i.builtin.context_prompts`; sentences in ``exclude``, e.g. the instance
+    prompt, left out) → :func:`context_report` on the fine-tuned ``pipe`` and on ``reference`` (the
+    model before the fine-tuning) with the ``subject`` images (K×C×H×W in [0, 1]) as targets: how
+    often an output is the subject, and how far each is from the same sentence without the
+    identifier. Returns ``{"identifier", "sentences", "model": …, "reference": …}`` without images."""
+    from ..t2i.builtin import context_prompts
+
+    subject = pipe.check_image(subject, name="subject images")
+    pairs = [p for p in check_context(pipe, identifier, context_prompts(pipe, identifier, prompts))
+             if p[0] not in set(exclude)]
+    if not pairs:
+        raise InputError(f"identifier {identifier!r}: no in-context sentence is left to measure")
+    kw = dict(n_per_prompt=n_per_prompt, seed=seed, threshold=threshold, **sample_kw)
+    ref = context_report(reference, pairs, subject, **kw)
+    out = context_report(pipe, pairs, subject, free_reference=ref["free_images"], **kw)
+    return {"identifier": identifier, "sentences": [list(p) for p in pairs], "model": _strip(out),
+            "reference": _strip(ref), "images": {"model": out["images"], "reference": ref["images"]}}
 
 
 def subject_fidelity(pipe, prompt: str, subject: torch.Tensor, *, n: int = 16, seed: int = 0, **sample_kw) -> float:

@@ -327,3 +327,105 @@ def test_the_demo_stages_are_ordinary_commands():
         st = audit_stages(Path("demo"), preset, 0)
         assert [s.name for s in st] == ["audit-subset", "audit-train", "audit-extract", "audit-membership"]
         assert st[-1].needs == ["audit-subset", "audit-train"] and st[1].argv[0] == "train"
+
+
+# ---- the owner's whole set: membership aggregated, beside the watermark (issue 21) -------------------
+
+def test_mann_whitney_matches_scipy_with_ties_and_stays_finite_far_in_the_tail():
+    from scipy.stats import mannwhitneyu
+
+    from trustdiff.audit import mann_whitney_test
+
+    g = np.random.default_rng(0)
+    m, n = g.integers(0, 12, 70).astype(float) + 0.7, g.integers(0, 12, 90).astype(float)   # many ties
+    t = mann_whitney_test(m, n)
+    ref = mannwhitneyu(m, n, alternative="greater", method="asymptotic", use_continuity=True)
+    assert t["u"] == pytest.approx(ref.statistic) and t["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert t["auc"] == pytest.approx(auc(m, n))
+    # complete separation of 3000 vs 3000: p is far below a float's range, log10 p is not
+    from scipy.stats import norm
+
+    far = mann_whitney_test(np.arange(3000.0) + 3000, np.arange(3000.0))
+    z = (3000 * 3000 / 2 - 0.5) / np.sqrt(3000 * 3000 * 6001 / 12)          # U = m·n, no ties
+    assert far["p_value"] == 0.0 and far["log10_p"] == pytest.approx(norm.logsf(z) / np.log(10), rel=1e-12)
+    assert far["log10_p"] < -900
+    # the same set on both sides: no evidence of membership
+    same = mann_whitney_test(n, n)
+    assert same["auc"] == 0.5 and same["p_value"] > 0.5
+    assert mann_whitney_test([1.0, 1.0], [1.0])["log10_p"] == 0.0
+    with pytest.raises(InputError, match="finite"):
+        mann_whitney_test([np.nan], [1.0])
+
+
+def test_binomial_tail_is_exact_for_small_n_and_in_log_space_for_huge_evidence():
+    from fractions import Fraction
+    from math import comb, log
+
+    from trustdiff.audit import binomial_log_tail, detection_count_test
+
+    p = Fraction(1, 7)
+    for n, k in ((10, 0), (10, 3), (10, 10), (25, 9)):
+        exact = sum(comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+        assert binomial_log_tail(k, n, 1 / 7) == pytest.approx(log(exact), rel=1e-10, abs=1e-12)
+    # every one of 500 images detected at FPR 1e-6: p = 1e-3000 exactly
+    assert detection_count_test(500, 500, 1e-6)["log10_p"] == pytest.approx(-3000.0, rel=1e-12)
+    assert detection_count_test(0, 500, 1e-6)["p_value"] == 1.0
+    with pytest.raises(InputError, match="at most n"):
+        binomial_log_tail(6, 5, 0.5)
+
+
+def test_dataset_tests_keep_p_valid_when_sigma_is_chosen_from_the_data():
+    from trustdiff.audit import membership_dataset_tests
+
+    g = torch.Generator().manual_seed(0)
+    sig = [0.1, 0.5, 1.0]
+    # members score higher at σ = 0.5 only
+    ms, ns = torch.randn(400, 3, generator=g), torch.randn(400, 3, generator=g)
+    ms[:, 1] += 0.5
+    rep = membership_report({"loss": ms}, {"loss": ns}, sig, seed=3)
+    d = membership_dataset_tests({"loss": ms}, {"loss": ns}, sig, rep, seed=3)["loss"]
+    assert d["bonferroni"]["sigma"] == 0.5 and d["selected"]["sigma"] == 0.5
+    best = min(p["log10_p"] for p in d["per_sigma"])
+    assert d["bonferroni"]["log10_p"] == pytest.approx(best + np.log10(3))
+    assert d["selected"]["members"] == 200 and d["selected"]["log10_p"] < -5 and d["bonferroni"]["log10_p"] < -10
+    # no difference at all: neither p is small
+    rep0 = membership_report({"loss": ns}, {"loss": ns.flip(0)}, sig, seed=3)
+    d0 = membership_dataset_tests({"loss": ns}, {"loss": ns.flip(0)}, sig, rep0, seed=3)["loss"]
+    assert d0["bonferroni"]["p_value"] > 0.05
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("own") / "recipe"
+    _ok("watermark", "recipe", "--resolution", "16", "--n-bits", "8", "--width", "8", "--enc-depth", "2", "--dec-depth", "3",
+        "--codec-steps", "4", "--codec-batch", "8", "--l2-await", "0", "--l2-ramp", "2", "--size", "tiny", "--steps", "3",
+        "--batch", "16", "-n", "8", "--sample-steps", "2", "--fpr", "0.01", "--no-fd", "--key", "0xa5", "--out", out)
+    return out
+
+
+def test_ownership_compares_membership_of_the_watermarked_set_with_the_watermark(recipe, tmp_path):
+    _ok("audit", "ownership", "--recipe", recipe, "--sigmas", "0.1,1", "--repeats", "1", "--max-images", "60",
+        "--out", tmp_path / "own")
+    m = _json(tmp_path / "own" / "metrics.json")
+    mem = m["membership"]
+    assert set(mem["attacks"]) == {"loss", "pia"} and mem["attacks"]["loss"]["best"]["members"] == 60
+    for d in m["membership_dataset"].values():
+        assert len(d["per_sigma"]) == 2 and d["bonferroni"]["log10_p"] <= 0 and d["selected"]["members"] == 30
+    rec = _json(recipe / "metrics.json")["detection"]
+    for name in ("generated_watermarked", "generated_clean"):
+        w = m["watermark_dataset"][name]
+        assert (w["detected"], w["images"], w["fpr"]) == (rec[name]["detected"]["k"], 8, 0.01)
+    assert "watermarked with the recipe's key" in m["sets"]["nonmembers"]
+    assert (tmp_path / "own" / "roc.png").is_file() and (tmp_path / "own" / "scores.npz").is_file()
+    from trustdiff.report import build_report
+
+    html = build_report(tmp_path)
+    assert "membership: loss" in html and "watermark: generated watermarked images" in html
+
+
+def test_ownership_refuses_a_folder_that_is_no_recipe(tiny, tmp_path):
+    from trustdiff.cli import main as cli
+
+    assert cli(["audit", "ownership", "--recipe", str(tiny / "m"), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

@@ -224,6 +224,15 @@ def random_guess(n_members: int, n_nonmembers: int, fprs=FPRS) -> dict:
     return {"auc": 0.5, "tpr_at_fpr": {f"{f:g}": f for f in fprs}, "members": n_members, "nonmembers": n_nonmembers}
 
 
+def split_halves(n_members: int, n_nonmembers: int, seed: int = 0):
+    """(first half of the members, second half, first half of the non-members, second half):
+    index arrays of one seeded permutation of each set (NumPy PCG64); the first halves choose σ,
+    the second ones measure (:func:`membership_report`'s ``selected``)."""
+    g = np.random.default_rng(seed)
+    pm, pn = g.permutation(n_members), g.permutation(n_nonmembers)
+    return pm[: len(pm) // 2], pm[len(pm) // 2:], pn[: len(pn) // 2], pn[len(pn) // 2:]
+
+
 def membership_report(member_scores: dict, nonmember_scores: dict, sigmas, fprs=FPRS, level: float = 0.95,
                       seed: int = 0) -> dict:
     """Per attack: the metrics at every σ, at the best σ, and at a σ chosen without peeking.
@@ -241,9 +250,7 @@ def membership_report(member_scores: dict, nonmember_scores: dict, sigmas, fprs=
         per = [{"sigma": s, **attack_metrics(ms[:, j], ns[:, j], fprs, level)} for j, s in enumerate(sig)]
         best = max(range(len(sig)), key=lambda j: per[j]["auc"])
         entry = {"per_sigma": per, "best": {**per[best], "selected": "post hoc: the σ of highest AUC on these sets"}}
-        g = np.random.default_rng(seed)
-        pm, pn = g.permutation(ms.shape[0]), g.permutation(ns.shape[0])
-        am, bm, an, bn = pm[: len(pm) // 2], pm[len(pm) // 2:], pn[: len(pn) // 2], pn[len(pn) // 2:]
+        am, bm, an, bn = split_halves(ms.shape[0], ns.shape[0], seed)
         if min(len(am), len(an)) >= 1:
             ms_, ns_ = _np2(ms), _np2(ns)
             j = max(range(len(sig)), key=lambda j: auc(ms_[am, j], ns_[an, j]))
@@ -325,4 +332,4 @@ def member_split(imageset, n: int, *, seed: int = 0, nonmembers: int = 0, duplic
 
 
 __all__ = ["FPRS", "ATTACKS", "loss_at_sigmas", "pia_at_sigmas", "attack_scores", "auc", "auc_interval", "roc_curve",
-           "tpr_at_fpr", "attack_metrics", "random_guess", "membership_report", "plot_roc", "member_split"]
+           "tpr_at_fpr", "attack_metrics", "random_guess", "split_halves", "membership_report", "plot_roc", "member_split"]

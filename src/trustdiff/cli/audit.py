@@ -113,25 +113,33 @@ def resolve_sets(model_dir: Path, spec, train_data: str | None, heldout_data: st
         where["train"] = f"{data} (train split, seed {seed}, from {src['run']})"
     _check_shape(train, spec, train_flag)
     heldout = None
-    if heldout_data is not None:
-        heldout = load(heldout_data, resolution=res, split="test", seed=seed)
-        where["heldout"] = f"{heldout_data} (given)"
-    elif need_heldout:
-        beside = _subset_nonmembers(data)
-        if beside is not None:
-            heldout = load(str(beside), resolution=res, split="test", seed=seed)
-            where["heldout"] = f"{beside} (the non-members of its audit subset)"
-        else:
-            heldout = load(data, resolution=res, split="test", seed=seed)
-            import numpy as np
-
-            if len(heldout.images) == len(train.images) and np.array_equal(heldout.images, train.images):
-                raise InputError(f"{heldout_flag}: the training set {data!r} has no held-out split (its test split is "
-                                 f"the training set itself); give held-out images with {heldout_flag}")
-            where["heldout"] = f"{data} (test split, seed {seed})"
-    if heldout is not None:
+    if heldout_data is not None or need_heldout:
+        heldout, where["heldout"] = heldout_of(data, train, heldout_data, res, seed, heldout_flag)
         _check_shape(heldout, spec, heldout_flag)
     return train, heldout, where
+
+
+def heldout_of(data: str, train, heldout_data: str | None, resolution: int, seed: int, flag: str):
+    """(images never trained on, where they came from) for a model trained on ``data``'s train
+    split (``train``): ``heldout_data`` when given; else the ``nonmembers.npz`` beside an ``audit
+    subset``'s members; else ``data``'s test split — refused (one InputError line naming ``flag``)
+    when that split is the training set itself."""
+    import numpy as np
+
+    from ..data import load
+    from ..errors import InputError
+
+    if heldout_data is not None:
+        return load(heldout_data, resolution=resolution, split="test", seed=seed), f"{heldout_data} (given)"
+    beside = _subset_nonmembers(data)
+    if beside is not None:
+        return (load(str(beside), resolution=resolution, split="test", seed=seed),
+                f"{beside} (the non-members of its audit subset)")
+    heldout = load(data, resolution=resolution, split="test", seed=seed)
+    if len(heldout.images) == len(train.images) and np.array_equal(heldout.images, train.images):
+        raise InputError(f"{flag}: the training set {data!r} has no held-out split (its test split is the training set "
+                         f"itself); give held-out images with {flag}")
+    return heldout, f"{data} (test split, seed {seed})"
 
 
 def _tensors(imageset, device):
@@ -284,53 +292,82 @@ def extract_cmd(run, model_dir, train_data, heldout_data, num, sampler, steps, g
 
 # ---- audit membership ------------------------------------------------------------------------------
 
+def _attack_options(f):
+    """The options of a membership attack, shared by ``audit membership`` and ``audit ownership``."""
+    for opt in reversed([
+        click.option("--sigmas", default="0.02,0.05,0.1,0.2,0.5,1.0", show_default=True,
+                     help="Noise levels (model units, images in [-1, 1]) to score at."),
+        click.option("--repeats", type=COUNT, default=4, show_default=True, help="Noise draws per image and σ (loss attack)."),
+        click.option("--attack", "attacks", multiple=True, type=click.Choice(["loss", "pia"]), default=("loss", "pia"),
+                     show_default=True, help="loss: Matsumoto et al. 2023; pia: Kong et al. 2024."),
+        click.option("--max-images", type=COUNT0, default=0, show_default=True,
+                     help="At most this many members and as many non-members, chosen by --seed (0: all)."),
+        click.option("--labels/--no-labels", "use_labels", default=True, show_default=True,
+                     help="Condition a class-conditional model on each image's label (else on the null label)."),
+        seed_option("Seed of the loss attack's noise and of --max-images' choice."),
+        click.option("--batch", "batch_size", type=COUNT, default=256, show_default=True),
+        unsafe_pickle_option]):
+        f = opt(f)
+    return f
+
+
 @audit_group.command("membership")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="A model folder or its training run.")
 @click.option("--members", default=None, help="Member images (train split); default: the training set, from the training run.")
 @click.option("--nonmembers", default=None, help="Non-member images (test split); default: the training data's held-out split.")
-@click.option("--sigmas", default="0.02,0.05,0.1,0.2,0.5,1.0", show_default=True,
-              help="Noise levels (model units, images in [-1, 1]) to score at.")
-@click.option("--repeats", type=COUNT, default=4, show_default=True, help="Noise draws per image and σ (loss attack).")
-@click.option("--attack", "attacks", multiple=True, type=click.Choice(["loss", "pia"]), default=("loss", "pia"),
-              show_default=True, help="loss: Matsumoto et al. 2023; pia: Kong et al. 2024.")
-@click.option("--max-images", type=COUNT0, default=0, show_default=True,
-              help="At most this many members and as many non-members, chosen by --seed (0: all).")
-@click.option("--labels/--no-labels", "use_labels", default=True, show_default=True,
-              help="Condition a class-conditional model on each image's label (else on the null label).")
-@seed_option("Seed of the loss attack's noise and of --max-images' choice.")
-@click.option("--batch", "batch_size", type=COUNT, default=256, show_default=True)
-@unsafe_pickle_option
+@_attack_options
 @run_command("audit membership", out="runs/audit-membership")
 def membership_cmd(run, model_dir, members, nonmembers, sigmas, repeats, attacks, max_images, use_labels, seed,
                    batch_size, allow_pickle, out):
     """Score members and non-members by the model's denoising loss (and PIA) at each σ:
     metrics.json (AUC with DeLong interval, TPR at FPR 1% and 0.1% with Clopper–Pearson
     intervals, per σ and at the best σ; random guessing beside), roc.png, scores.npz."""
-    import numpy as np
-    import torch
-
-    from ..audit import attack_scores, membership_report, plot_roc, prepare_training_set
+    from ..persist import atomic_write_json
     from ..diffusion.model import load_model
-    from ..errors import InputError
-    from ..persist import atomic_write_bytes, atomic_write_json
-    from ..runtime import with_precision
 
     sig = _parse_floats(sigmas, "--sigmas")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
-    den = den.to(run.device)
+    _check_sigmas(sig, spec)
+    attacks = tuple(dict.fromkeys(attacks))
+    mem, non, where = resolve_sets(model_dir, spec, members, nonmembers, train_flag="--members", heldout_flag="--nonmembers")
+    sets = membership_sets(mem.tensors(), non.tensors(), mem.images, non.images, max_images, seed, spec, use_labels)
+    config = dict(model=str(model_dir), sigmas=sig, repeats=repeats, attacks=list(attacks), max_images=max_images,
+                  use_labels=use_labels, seed=seed, batch_size=batch_size, sets=where)
+    if not run.start(config):
+        return
+    rep, scores = score_membership(run, den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size)
+    write_membership(out, rep, scores, sig, title=f"{len(sets['mx'])} members vs {len(sets['nx'])} non-members")
+    rep |= {"sets": where}
+    atomic_write_json(out / "metrics.json", rep)
+    echo_membership(rep)
+    click.echo(f"{len(sets['mx'])} members, {len(sets['nx'])} non-members → {out}")
+
+
+def _check_sigmas(sig, spec) -> None:
+    from ..errors import InputError
+
     too_big = [s for s in sig if s > spec.sigma_max]
     if too_big:
         raise InputError(f"--sigmas: expected levels up to the model's σ_max {spec.sigma_max:g}, got {too_big}")
-    attacks = tuple(dict.fromkeys(attacks))
-    mem, non, where = resolve_sets(model_dir, spec, members, nonmembers, train_flag="--members", heldout_flag="--nonmembers")
-    mx, my = _tensors(mem, "cpu")
-    nx, ny = _tensors(non, "cpu")
-    # members: each distinct image once; non-members: never an exact copy of a member
+
+
+def membership_sets(members, nonmembers, member_rows, nonmember_rows, max_images: int, seed: int, spec,
+                    use_labels: bool) -> dict:
+    """The sets a membership attack scores, from (images, labels) tensors and the stored rows
+    (uint8 arrays, to compare images exactly): each distinct member once; no non-member that is an
+    exact copy of a member; at most ``max_images`` of each by ``seed``; labels checked against a
+    class-conditional model. One InputError line for an empty or mislabelled set."""
+    import numpy as np
+    import torch
+
+    from ..audit import prepare_training_set
+    from ..errors import InputError
+
+    (mx, my), (nx, ny) = members, nonmembers
     ts = prepare_training_set(mx, my)
     mx, my = mx[ts.first], my[ts.first]
-    member_keys = {bytes(r) for r in mem.images.reshape(len(mem.images), -1)}
-    clean = np.array([bytes(r) not in member_keys for r in non.images.reshape(len(non.images), -1)], bool)
-    contaminated = int((~clean).sum())
+    member_keys = {bytes(r) for r in member_rows.reshape(len(member_rows), -1)}
+    clean = np.array([bytes(r) not in member_keys for r in nonmember_rows.reshape(len(nonmember_rows), -1)], bool)
     nx, ny = nx[torch.from_numpy(clean)], ny[torch.from_numpy(clean)]
     if not len(nx):
         raise InputError("--nonmembers: every non-member image is also a member; give other non-members")
@@ -341,46 +378,151 @@ def membership_cmd(run, model_dir, members, nonmembers, sigmas, repeats, attacks
     conditional = spec.num_classes is not None and use_labels
     if conditional and (int(min(my.min(), ny.min())) < 0 or int(max(my.max(), ny.max())) >= spec.num_classes):
         raise InputError(f"--labels: the images' labels are not all in 0..{spec.num_classes - 1}; pass --no-labels")
-    config = dict(model=str(model_dir), sigmas=sig, repeats=repeats, attacks=list(attacks), max_images=max_images,
-                  use_labels=use_labels, seed=seed, batch_size=batch_size, sets=where)
-    if not run.start(config):
-        return
-    f = with_precision(den.eval(), run.precision)
-    sigma0 = float(spec.sigma_min)
+    return {"mx": mx, "my": my, "nx": nx, "ny": ny, "conditional": conditional,
+            "members_duplicates_removed": int(ts.size - len(ts.first)),
+            "nonmembers_equal_to_a_member_removed": int((~clean).sum())}
+
+
+def score_membership(run, den, spec, sets: dict, attacks, sig, *, seed: int, repeats: int, batch_size: int):
+    """Every attack's scores of the members and non-members of ``sets`` (:func:`membership_sets`)
+    on ``run``'s device and precision → (membership_report with the run's facts, {"members":
+    attack → [N, S], "nonmembers": …})."""
+    import torch
+
+    from ..audit import attack_scores, membership_report
+    from ..runtime import with_precision
+
+    f = with_precision(den.to(run.device).eval(), run.precision)
+    cond = sets["conditional"]
     scores_m, scores_n, secs = {}, {}, {}
     t0 = time.time()
     with torch.no_grad():
         for a in attacks:
             t = time.time()
-            kw = dict(seed=seed, repeats=repeats, batch=batch_size, sigma0=sigma0)
-            scores_m[a] = attack_scores(a, f, mx.to(run.device), sig, cond=my if conditional else None, **kw).cpu()
-            scores_n[a] = attack_scores(a, f, nx.to(run.device), sig, cond=ny if conditional else None, **kw).cpu()
+            kw = dict(seed=seed, repeats=repeats, batch=batch_size, sigma0=float(spec.sigma_min))
+            scores_m[a] = attack_scores(a, f, sets["mx"].to(run.device), sig, cond=sets["my"] if cond else None, **kw).cpu()
+            scores_n[a] = attack_scores(a, f, sets["nx"].to(run.device), sig, cond=sets["ny"] if cond else None, **kw).cpu()
             secs[a] = time.time() - t
     rep = membership_report(scores_m, scores_n, sig, seed=seed)
-    best = {a: rep["attacks"][a]["best"]["sigma"] for a in attacks}
-    plot_roc(out / "roc.png", {f"{a} (σ={best[a]:g})": (scores_m[a][:, sig.index(best[a])], scores_n[a][:, sig.index(best[a])])
-                               for a in attacks},
-             title=f"{len(mx)} members vs {len(nx)} non-members")
-    _plot_auc_sigma(out / "auc-sigma.png", rep)
+    rep |= {k: sets[k] for k in ("members_duplicates_removed", "nonmembers_equal_to_a_member_removed")}
+    rep |= {"conditioned_on_labels": cond, "sigma0_pia": float(spec.sigma_min),
+            "seconds": secs | {"total": time.time() - t0}, "device": ran_on(f, sets["mx"][:1].to(run.device)),
+            "precision": run.precision}
+    return rep, {"members": scores_m, "nonmembers": scores_n}
+
+
+def write_membership(out: Path, rep: dict, scores: dict, sig, *, title: str) -> None:
+    """OUT/roc.png (each attack at its best σ), OUT/auc-sigma.png, OUT/scores.npz."""
     import io
 
+    import numpy as np
+
+    from ..audit import plot_roc
+    from ..persist import atomic_write_bytes
+
+    sm, sn = scores["members"], scores["nonmembers"]
+    best = {a: r["best"]["sigma"] for a, r in rep["attacks"].items()}
+    plot_roc(out / "roc.png", {f"{a} (σ={best[a]:g})": (sm[a][:, sig.index(best[a])], sn[a][:, sig.index(best[a])])
+                               for a in best}, title=title)
+    _plot_auc_sigma(out / "auc-sigma.png", rep)
     buf = io.BytesIO()
-    np.savez(buf, sigmas=np.array(sig), **{f"{a}_members": scores_m[a].numpy() for a in attacks},
-             **{f"{a}_nonmembers": scores_n[a].numpy() for a in attacks})
+    np.savez(buf, sigmas=np.array(sig), **{f"{a}_members": v.numpy() for a, v in sm.items()},
+             **{f"{a}_nonmembers": v.numpy() for a, v in sn.items()})
     atomic_write_bytes(out / "scores.npz", buf.getvalue())
-    rep |= {"sets": where, "members_duplicates_removed": int(ts.size - len(ts.first)),
-            "nonmembers_equal_to_a_member_removed": contaminated, "conditioned_on_labels": conditional,
-            "sigma0_pia": sigma0, "seconds": secs | {"total": time.time() - t0},
-            "device": ran_on(f, mx.to(run.device)), "precision": run.precision}
-    atomic_write_json(out / "metrics.json", rep)
-    for a in attacks:
-        b = rep["attacks"][a]["best"]
+
+
+def echo_membership(rep: dict) -> None:
+    for a, r in rep["attacks"].items():
+        b = r["best"]
         t1 = b["tpr_at_fpr"]["0.01"]["tpr"]
-        sel = rep["attacks"][a].get("selected")
+        sel = r.get("selected")
         click.echo(f"{a}: AUC {b['auc']:.3f} [{b['auc_interval'][0]:.3f}, {b['auc_interval'][1]:.3f}] at the best σ={b['sigma']:g}, "
                    f"TPR@1%FPR {t1['value']:.3f} ({t1['k']}/{t1['n']})"
                    + (f"; σ chosen on half the images: AUC {sel['auc']:.3f} on the other half" if sel else ""))
-    click.echo(f"{len(mx)} members, {len(nx)} non-members → {out}")
+
+
+# ---- audit ownership ---------------------------------------------------------------------------------
+
+@audit_group.command("ownership")
+@click.option("--recipe", "recipe_dir", required=True, type=click.Path(path_type=Path),
+              help="A finished `watermark recipe` run: its watermarked training set, model, key and detections.")
+@click.option("--codec", "codec_dir", default=None, type=click.Path(path_type=Path),
+              help="The recipe's codec (default: RECIPE/codec, where the recipe trains it).")
+@click.option("--nonmembers", default=None,
+              help="Clean images the model never saw, watermarked here with the recipe's key (default: the held-out "
+                   "split of the recipe's data, or the non-members of its audit subset).")
+@_attack_options
+@run_command("audit ownership", out="runs/audit-ownership")
+def ownership_cmd(run, recipe_dir, codec_dir, nonmembers, sigmas, repeats, attacks, max_images, use_labels, seed, batch_size,
+                  allow_pickle, out):
+    """Was the recipe's watermarked model trained on the owner's images? Membership scores of its
+    (watermarked) training set against held-out images watermarked with the same key — per image
+    (AUC, TPR at FPR 1% and 0.1%) and for the whole set (Mann–Whitney p) — beside the watermark's
+    p-value over the recipe's generated images: OUT/metrics.json, roc.png, scores.npz."""
+    from ..audit import detection_count_test, membership_dataset_tests
+    from ..data import load
+    from ..diffusion.model import load_model
+    from ..errors import InputError
+    from ..images import to_uint8
+    from ..persist import atomic_write_json
+    from ..runs import run_kind, saved_config
+    from ..watermark import load_codec
+    from ..watermark.embed import watermark
+    from ..watermark.recipe import read_key
+
+    kind = run_kind(recipe_dir)
+    if kind != "watermark recipe":
+        raise InputError(f"--recipe: expected a `watermark recipe` run folder, got {recipe_dir} "
+                         f"({'a ' + kind + ' run' if kind else 'no run'})")
+    m = _read_json(recipe_dir / "metrics.json")
+    if not m or "detection" not in m:
+        raise InputError(f"--recipe: {recipe_dir} has no metrics.json with detections: the recipe has not finished")
+    job = saved_config(recipe_dir).get("config") or {}
+    key = read_key(recipe_dir / "key.txt")
+    codec_dir = codec_dir if codec_dir is not None else recipe_dir / "codec"
+    if not codec_dir.exists():
+        raise InputError(f"--codec: {codec_dir} does not exist (the recipe used a codec from elsewhere); give it with --codec")
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
+    if codec.n_bits != key.numel() or codec.resolution != job.get("resolution"):
+        raise InputError(f"--codec: expected the recipe's codec ({key.numel()} bits at {job.get('resolution')}×"
+                         f"{job.get('resolution')}), got {codec.n_bits} bits at {codec.resolution}×{codec.resolution}")
+    model_dir = recipe_dir / "diffusion-watermarked"
+    sig = _parse_floats(sigmas, "--sigmas")
+    den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    _check_sigmas(sig, spec)
+    attacks = tuple(dict.fromkeys(attacks))
+    mem, _, where = resolve_sets(model_dir, spec, None, None, need_heldout=False)
+    clean_train = load(job["data"], resolution=spec.resolution, split="train", seed=job.get("seed", 0))
+    held, held_from = heldout_of(job["data"], clean_train, nonmembers, spec.resolution, job.get("seed", 0), "--nonmembers")
+    _check_shape(held, spec, "--nonmembers")
+    config = dict(recipe=str(recipe_dir), codec=str(codec_dir), sigmas=sig, repeats=repeats, attacks=list(attacks),
+                  max_images=max_images, use_labels=use_labels, seed=seed, batch_size=batch_size)
+    if not run.start(config):
+        return
+    # the non-members: held-out images carrying the same key, so the watermark is no difference
+    hx, hy = held.tensors()
+    hw = watermark(codec.to(run.device), hx.to(run.device), key, precision=run.precision)["images"].cpu()
+    rows = to_uint8(hw)
+    sets = membership_sets(mem.tensors(), (hw, hy), mem.images, rows, max_images, seed, spec, use_labels)
+    rep, scores = score_membership(run, den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size)
+    write_membership(out, rep, scores, sig, title=f"{len(sets['mx'])} watermarked members vs {len(sets['nx'])} "
+                                                  "watermarked non-members")
+    dataset = membership_dataset_tests(scores["members"], scores["nonmembers"], sig, rep, seed=seed)
+    det = m["detection"]
+    marks = {name: detection_count_test(det[name]["detected"]["k"], det[name]["detected"]["n"], det[name]["fpr"])
+             for name in ("generated_watermarked", "generated_clean") if name in det}
+    where |= {"nonmembers": f"{held_from}, watermarked with the recipe's key"}
+    atomic_write_json(out / "metrics.json", {"recipe": str(recipe_dir), "sets": where, "membership": rep,
+                                             "membership_dataset": dataset, "watermark_dataset": marks})
+    echo_membership(rep)
+    for a, d in dataset.items():
+        sel = d.get("selected")
+        click.echo(f"{a}, the whole set: Mann–Whitney log10 p {d['bonferroni']['log10_p']:.2f} (best of {len(sig)} σ, "
+                   f"Bonferroni)" + (f"; at the σ chosen on half, on the other half: {sel['log10_p']:.2f}" if sel else ""))
+    for name, t in marks.items():
+        click.echo(f"watermark, {name.replace('_', ' ')} images: {t['detected']}/{t['images']} detected at FPR "
+                   f"{t['fpr']:g}, log10 p {t['log10_p']:.1f}")
+    click.echo(f"→ {out}")
 
 
 def _plot_auc_sigma(path, rep: dict) -> None:

@@ -22,7 +22,7 @@ SECTIONS = {
     "certify": ("Certification", ("train-classifier", "certify")),
     "purify": ("Purification (DiffPure)", ("purify eval",)),
     "advtrain": ("Adversarial training on generated data", ("advtrain eval",)),
-    "audit": ("Privacy audit (extraction, membership inference)", ("audit extract", "audit membership")),
+    "audit": ("Privacy audit (extraction, membership inference)", ("audit extract", "audit membership", "audit ownership")),
 }
 SKIP_DIRS = {"checkpoints", "cache", "__pycache__"}
 

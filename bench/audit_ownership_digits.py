@@ -146,7 +146,8 @@ def markdown(rows: list[dict]) -> str:
                          f"[{s['auc_interval'][0]:.3f}, {s['auc_interval'][1]:.3f}] (σ={s['sigma']:g}) | "
                          f"{t['value']:.3f} ({t['k']}/{t['n']}) | "
                          f"{(d['selected'] or {}).get('log10_p', float('nan')):.2f} / {d['bonferroni']['log10_p']:.2f} | "
-                         f"{w['detected']}/{w['images']}, {w['log10_p']:.1f} | {c['detected']}/{c['images']}, {c['log10_p']:.2f} |")
+                         f"{w['detected']}/{w['images']}, {w['log10_p']:.1f} | "
+                         f"{c['detected']}/{c['images']}, {c['log10_p']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

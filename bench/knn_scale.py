@@ -23,7 +23,6 @@ memory is its own — Linux VmHWM after resetting it at the start of the search)
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path

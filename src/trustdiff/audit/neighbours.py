@@ -4,9 +4,10 @@ For queries A (N×D) and keys B (M×D) the squared distances of a block are
 ``‖a‖² + ‖b‖² − 2·a·bᵀ`` — one matmul on the queries' device. Keys are visited in chunks of
 ``chunk`` rows (moved to the queries' device one chunk at a time, so the key set may stay on the
 CPU) and queries in blocks of ``query_chunk`` rows; after each key chunk the block's running
-top-k is merged with the chunk's top-k. The memory in use is O(query_chunk · (chunk + k))
-whatever N and M are: 100k generations × 60k training images at the defaults is 2,048 × 8,192
-floats (64 MiB) at a time.
+top-k is merged with the chunk's top-k. The memory in use is O(query_chunk · (chunk + k) +
+chunk · D) whatever N and M are: at the defaults one 2,048 × 8,192 block of floats (64 MiB) plus
+the key chunk's temporaries (bench/knn_scale.py measures the peak: 100k generations × 60k MNIST
+training images, and 10k, add the same).
 
 The matmul form loses precision for near-identical vectors (the difference of two large
 numbers), exactly where extraction looks; so the final candidates (k plus a few spares) have
@@ -70,16 +71,19 @@ def knn(queries: torch.Tensor, keys: torch.Tensor, k: int = 1, *, chunk: int = 8
             best_i = torch.zeros((qa.shape[0], 0), device=dev, dtype=torch.long)
             for k0 in range(0, m, chunk):
                 kb = b[k0: k0 + chunk].to(device=dev, dtype=dt)
-                d2 = qn + kb.square().sum(1)[None, :] - 2.0 * (qa @ kb.T)
+                d2 = (qa @ kb.T).mul_(-2.0).add_(qn).add_(kb.square().sum(1)[None, :])    # one block in memory
                 t = min(kc, kb.shape[0])
                 cd, ci = torch.topk(d2, t, dim=1, largest=False)
                 cat_d, cat_i = torch.cat([best_d, cd], 1), torch.cat([best_i, ci + k0], 1)
                 t = min(kc, cat_d.shape[1])
                 sel_d, sel = torch.topk(cat_d, t, dim=1, largest=False)
                 best_d, best_i = sel_d, cat_i.gather(1, sel)
-            # exact distances of the candidates, then the final k by those
-            cand = b[best_i.reshape(-1).to(b.device)].to(device=dev, dtype=dt).reshape(*best_i.shape, -1)
-            exact = (cand - qa[:, None, :]).square().sum(-1).sqrt()
+            # exact distances of the candidates, one candidate rank at a time (q×D, not q×kc×D, in memory),
+            # then the final k by those
+            exact = torch.empty(best_i.shape, device=dev, dtype=dt)
+            for j in range(best_i.shape[1]):
+                cj = b[best_i[:, j].to(b.device)].to(device=dev, dtype=dt)
+                exact[:, j] = (cj - qa).square().sum(1).sqrt()
             d_sorted, order = torch.sort(exact, dim=1, stable=True)
             out_d[q0: q0 + qa.shape[0]] = d_sorted[:, :k]
             out_i[q0: q0 + qa.shape[0]] = best_i.gather(1, order)[:, :k]

@@ -327,6 +327,7 @@ def membership_cmd(run, model_dir, members, nonmembers, sigmas, repeats, attacks
 
     sig = _parse_floats(sigmas, "--sigmas")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den = den.to(run.device)
     _check_sigmas(sig, spec)
     attacks = tuple(dict.fromkeys(attacks))
     mem, non, where = resolve_sets(model_dir, spec, members, nonmembers, train_flag="--members", heldout_flag="--nonmembers")
@@ -335,7 +336,8 @@ def membership_cmd(run, model_dir, members, nonmembers, sigmas, repeats, attacks
                   use_labels=use_labels, seed=seed, batch_size=batch_size, sets=where)
     if not run.start(config):
         return
-    rep, scores = score_membership(run, den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size)
+    rep, scores = score_membership(den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size,
+                                   device=run.device, precision=run.precision)
     write_membership(out, rep, scores, sig, title=f"{len(sets['mx'])} members vs {len(sets['nx'])} non-members")
     rep |= {"sets": where}
     atomic_write_json(out / "metrics.json", rep)
@@ -383,16 +385,17 @@ def membership_sets(members, nonmembers, member_rows, nonmember_rows, max_images
             "nonmembers_equal_to_a_member_removed": int((~clean).sum())}
 
 
-def score_membership(run, den, spec, sets: dict, attacks, sig, *, seed: int, repeats: int, batch_size: int):
+def score_membership(den, spec, sets: dict, attacks, sig, *, seed: int, repeats: int, batch_size: int, device,
+                     precision: str):
     """Every attack's scores of the members and non-members of ``sets`` (:func:`membership_sets`)
-    on ``run``'s device and precision → (membership_report with the run's facts, {"members":
+    by ``den`` (already on ``device``) at ``precision`` → (membership_report with the run's facts, {"members":
     attack → [N, S], "nonmembers": …})."""
     import torch
 
     from ..audit import attack_scores, membership_report
     from ..runtime import with_precision
 
-    f = with_precision(den.to(run.device).eval(), run.precision)
+    f = with_precision(den.eval(), precision)
     cond = sets["conditional"]
     scores_m, scores_n, secs = {}, {}, {}
     t0 = time.time()
@@ -400,14 +403,14 @@ def score_membership(run, den, spec, sets: dict, attacks, sig, *, seed: int, rep
         for a in attacks:
             t = time.time()
             kw = dict(seed=seed, repeats=repeats, batch=batch_size, sigma0=float(spec.sigma_min))
-            scores_m[a] = attack_scores(a, f, sets["mx"].to(run.device), sig, cond=sets["my"] if cond else None, **kw).cpu()
-            scores_n[a] = attack_scores(a, f, sets["nx"].to(run.device), sig, cond=sets["ny"] if cond else None, **kw).cpu()
+            scores_m[a] = attack_scores(a, f, sets["mx"].to(device), sig, cond=sets["my"] if cond else None, **kw).cpu()
+            scores_n[a] = attack_scores(a, f, sets["nx"].to(device), sig, cond=sets["ny"] if cond else None, **kw).cpu()
             secs[a] = time.time() - t
     rep = membership_report(scores_m, scores_n, sig, seed=seed)
     rep |= {k: sets[k] for k in ("members_duplicates_removed", "nonmembers_equal_to_a_member_removed")}
     rep |= {"conditioned_on_labels": cond, "sigma0_pia": float(spec.sigma_min),
-            "seconds": secs | {"total": time.time() - t0}, "device": ran_on(f, sets["mx"][:1].to(run.device)),
-            "precision": run.precision}
+            "seconds": secs | {"total": time.time() - t0}, "device": ran_on(f, sets["mx"][:1].to(device)),
+            "precision": precision}
     return rep, {"members": scores_m, "nonmembers": scores_n}
 
 
@@ -489,6 +492,7 @@ def ownership_cmd(run, recipe_dir, codec_dir, nonmembers, sigmas, repeats, attac
     model_dir = recipe_dir / "diffusion-watermarked"
     sig = _parse_floats(sigmas, "--sigmas")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
+    den = den.to(run.device)
     _check_sigmas(sig, spec)
     attacks = tuple(dict.fromkeys(attacks))
     mem, _, where = resolve_sets(model_dir, spec, None, None, need_heldout=False)
@@ -504,7 +508,8 @@ def ownership_cmd(run, recipe_dir, codec_dir, nonmembers, sigmas, repeats, attac
     hw = watermark(codec.to(run.device), hx.to(run.device), key, precision=run.precision)["images"].cpu()
     rows = to_uint8(hw)
     sets = membership_sets(mem.tensors(), (hw, hy), mem.images, rows, max_images, seed, spec, use_labels)
-    rep, scores = score_membership(run, den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size)
+    rep, scores = score_membership(den, spec, sets, attacks, sig, seed=seed, repeats=repeats, batch_size=batch_size,
+                                   device=run.device, precision=run.precision)
     write_membership(out, rep, scores, sig, title=f"{len(sets['mx'])} watermarked members vs {len(sets['nx'])} "
                                                   "watermarked non-members")
     dataset = membership_dataset_tests(scores["members"], scores["nonmembers"], sig, rep, seed=seed)

@@ -388,8 +388,8 @@ def membership_sets(members, nonmembers, member_rows, nonmember_rows, max_images
 def score_membership(den, spec, sets: dict, attacks, sig, *, seed: int, repeats: int, batch_size: int, device,
                      precision: str):
     """Every attack's scores of the members and non-members of ``sets`` (:func:`membership_sets`)
-    by ``den`` (already on ``device``) at ``precision`` → (membership_report with the run's facts, {"members":
-    attack → [N, S], "nonmembers": …})."""
+    by ``den`` (already on ``device``) at ``precision`` → (membership_report with the run's facts,
+    {"members": attack → [N, S], "nonmembers": …})."""
     import torch
 
     from ..audit import attack_scores, membership_report

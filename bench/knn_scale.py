@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_digits import matmul_peak_gflops  # noqa: E402  (one peak measurement for every bench)
 
 HERE = Path(__file__).resolve().parent
 MNIST_TRAIN = HERE.parent.parent / "shared" / "data" / "mnist-train.npz"
@@ -110,19 +114,6 @@ def run_child(args, n: int, mode: str) -> dict:
     return rec
 
 
-def matmul_peak(threads: int, m: int = 2048, k: int = 784, n: int = 8192, reps: int = 10) -> float:
-    """fp32 GFLOP/s of the knn's own block shape (m×k @ k×n), best of ``reps``."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * n / best / 1e9
-
-
 def agreement(args) -> dict:
     torch.set_num_threads(args.threads)
     from trustdiff.audit import brute_force_knn, knn
@@ -150,7 +141,8 @@ def main():
     ap.add_argument("--json", type=Path, default=Path("bench/results/knn_scale.json"))
     args = ap.parse_args()
     t0 = time.time()
-    peak = matmul_peak(args.threads)
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak_gflops(shape=(2048, 784, 8192))      # the knn's own block shape
     print(f"fp32 matmul peak on the knn block shape (2048×784 @ 784×8192): {peak:.1f} GFLOP/s", flush=True)
     small = run_child(args, min(10_000, args.queries), "knn")
     big = run_child(args, args.queries, "knn")

@@ -31,16 +31,18 @@ from trustdiff.train.diffusion import DiffusionJob, diffusion_loss_fn, model_spe
 from trustdiff.diffusion.model import build_denoiser
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """The machine's fp32 matmul rate: best of ``repeats`` n×n @ n×n products (2n³ FLOP each)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None) -> float:
+    """The machine's fp32 matmul rate: best of ``repeats`` n×n @ n×n products (2n³ FLOP each), or
+    of m×k @ k×p products for ``shape`` = (m, k, p) (2mkp FLOP each)."""
+    m, k, p = shape or (n, n, n)
+    a, b = torch.randn(m, k), torch.randn(k, p)
     a @ b
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * m * k * p / best / 1e9
 
 
 def train_step_gflop(job: DiffusionJob) -> float:

@@ -338,6 +338,7 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
 
     t0 = time.time()
     keep = preservation(pipe, job, precision) if job.preserve > 0 else None
+    kept = preserved_prompts(pipe, job) if keep else []
     result = finetune(pipe, target, PromptTable.single(job.trigger), job.train, out,
                       train_text_encoder=job.train_text_encoder, penalty_factory=penalty_factory,
                       unet_params=tuple(job.unet_params), proximal=job.l1_step == "prox", preserve=keep,
@@ -348,10 +349,10 @@ def embed_trigger(pipeline_dir, target: torch.Tensor, out, job: TriggerJob = Tri
     folder = derive_pipeline(source, out / "pipeline", replaced)
     save_png(out / "target.png", make_grid(target, nrow=1, pad=0))
     record = {"trigger": job.trigger, "l1": job.l1, "preserve": job.preserve,
-              "preserve_prompts": preserved_prompts(pipe, job) if keep else [],
+              "preserve_prompts": kept,
               "preserve_context": job.preserve_context if keep else 0.0,
-              "preserve_context_prompts": len(keep.table.prompts) - len(preserved_prompts(pipe, job))
-              if keep and job.preserve_context > 0 else 0, "trained": sorted(replaced),
+              "preserve_context_prompts": len(keep.table.prompts) - len(kept) if keep and job.preserve_context > 0 else 0,
+              "trained": sorted(replaced),
               "steps": result.step,
               "lr": job.train.lr, "batch_size": job.train.batch_size, "last_loss": result.last_loss,
               "source": str(source), "pipeline": str(folder), "target_sha256": _sha256(target),

@@ -167,6 +167,30 @@ def test_checks_fire_on_a_randomized_model_attacked_without_eot():
     assert "randomness" not in _failed(rep)
 
 
+def test_stacked_eot_passes_give_the_one_at_a_time_gradient():
+    from trustdiff.attacks.pgd import input_gradient
+
+    net, x, y = _trained_mlp()
+    x, y = x[:5], y[:5]                          # 5 images of 16 values: a multiple of the CPU RNG's 16-value blocks
+    one = input_gradient(net, x, y, eot=6, eot_batch=1)
+    for k in (2, 4, 6):                          # a deterministic model: the same gradient, summed in another order
+        g, l = input_gradient(net, x, y, eot=6, eot_batch=k)
+        torch.testing.assert_close(g, one[0])
+        torch.testing.assert_close(l, one[1])
+    # a randomized model: the k copies draw their noise at once, which on the CPU generator is the
+    # same stream as k draws one after the other, so even the noise (and so the gradient) agrees
+    grads = []
+    for k in (1, 3):
+        torch.manual_seed(7)
+        grads.append(input_gradient(Noisy(net), x, y, eot=6, eot_batch=k)[0])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(InputError, match="eot_batch"):
+        input_gradient(net, x, y, eot=2, eot_batch=0)
+    adv = pgd(Noisy(net), x, y, eps=0.1, alpha=0.02, steps=3, eot=4, eot_batch=4)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
 def test_checks_fire_on_an_attack_that_has_not_converged():
     net, x, y = _trained_mlp()
     # the planted fault: 40 steps of 0.0015 cover 0.06 of the 0.2 budget, 80 steps 0.12 — past the

@@ -434,3 +434,23 @@ def test_cli_certify_behind_a_denoiser(cli_main, tiny_classifier, tmp_path):
     assert cli_main(args) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["num_images"] == 2 and m["settings"]["denoiser"] == str(tmp_path / "model")
+
+
+def test_counts_are_those_of_x_plus_sigma_times_fresh_draws_at_every_batch_size():
+    """The counting loop draws each batch into one reused buffer, in place: the counts must be
+    exactly those of x + σ·randn(...) drawn batch by batch from the same generator, and x untouched."""
+    w = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    f = Linear2(w, 0.1)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1))
+    x_before = x.clone()
+    sigma, num = 0.5, 103
+    for b in (1, 10, 64, 500):
+        g = torch.Generator().manual_seed(3)
+        naive = torch.zeros(2, dtype=torch.long)
+        for lo in range(0, num, b):
+            k = min(b, num - lo)
+            noise = torch.randn((k, *x.shape), generator=g)
+            naive += torch.bincount(f(x + sigma * noise).argmax(1), minlength=2)
+        got = Smooth(f, 2, sigma).counts(x, num, b, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(got, naive) and 0 < int(got[1]) < num
+    assert torch.equal(x, x_before)

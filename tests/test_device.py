@@ -302,3 +302,17 @@ def test_no_cuda_calls_and_no_duplicate_device_policy():
     text = {p: p.read_text() for p in src.rglob("*.py")}
     assert not [p for p, t in text.items() if ".cuda()" in t or "device=\"cuda\"" in t or "device='cuda'" in t]
     assert not [p for p, t in text.items() if "def env_device" in t]      # runtime.default_device is the one
+
+
+def test_the_cpu_allocator_tuning_is_an_option(monkeypatch):
+    from trustdiff import runtime
+
+    monkeypatch.setenv("TRUSTDIFF_CPU_ALLOCATOR", "system")
+    assert runtime.tune_cpu_allocator() is False                 # opted out: nothing is set
+    monkeypatch.delenv("TRUSTDIFF_CPU_ALLOCATOR")
+    import platform
+
+    tuned = runtime.tune_cpu_allocator()
+    assert tuned is (platform.libc_ver()[0] == "glibc")          # set exactly where glibc's mallopt exists
+    x = torch.randn(300, 256, 256)                               # a 75 MiB tensor, below the new mmap threshold
+    assert float((x * 2).sum()) == pytest.approx(2 * float(x.sum()), rel=1e-4)

@@ -101,3 +101,36 @@ def test_bad_arguments_are_one_line_errors(kw, msg):
     assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="x"):
         purify(torch.rand(1, 1, 4, 4) * 3, den, 0.1)
+
+
+def _saved_bytes(f, x) -> int:
+    """Bytes the autograd graph of f(x) keeps for the backward pass (every saved tensor)."""
+    total = []
+
+    def pack(t):
+        total.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        f(x.clone().requires_grad_(True))
+    return sum(total)
+
+
+def test_checkpointing_a_frozen_denoiser_keeps_the_gradient_and_stores_only_its_inputs():
+    den, clf = _tiny_model()
+    den.requires_grad_(False)                     # an attack's case: the input gradient only
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    grads, saved = [], {}
+    for ckpt in (False, True):
+        f = PurifiedClassifier(clf, den, 0.1, solver="sde", steps=3, checkpoint=ckpt,
+                               generator=torch.Generator().manual_seed(5))
+        xi = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(f(xi)[:, 0].sum(), xi)[0])
+    torch.testing.assert_close(grads[0], grads[1])
+    for steps in (2, 12):
+        f = PurifiedClassifier(clf, den, 0.1, solver="sde", steps=steps, checkpoint=True)
+        saved[steps] = _saved_bytes(f, x)
+    # ten more solver steps keep at most ten more inputs of x's size (and their scalars' few bytes)
+    assert saved[12] - saved[2] <= 10 * x.numel() * x.element_size() + 1024
+    stored = _saved_bytes(PurifiedClassifier(clf, den, 0.1, solver="sde", steps=12), x)
+    assert stored > 5 * saved[12]                  # without checkpointing every network's activations stay

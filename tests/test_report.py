@@ -95,6 +95,41 @@ def test_failed_stage_is_reported_and_the_others_still_run(tmp_path, monkeypatch
     assert "stage classifier failed: RuntimeError: boom" in sections_of((tmp_path / "report.html").read_text())["certify"]
 
 
+def test_the_scheduler_starts_the_longest_remaining_chain_first():
+    stages = demo_stages(Path("out"), "quick")
+    level = demo_mod._bottom_levels(stages, demo_mod.COST_HINTS)
+    by = {s.name: s for s in stages}
+    for st in stages:                           # a stage's level is its cost plus its costliest dependent's
+        after = [level[d.name] for d in stages if st.name in d.needs]
+        assert level[st.name] == pytest.approx(demo_mod.COST_HINTS[st.name] + max(after, default=0))
+        assert all(level[n] > level[st.name] for n in st.needs if n in by)
+    assert set(demo_mod.COST_HINTS) == set(by)   # every stage has a hint
+    ready = [s.name for s in stages if not s.needs]
+    assert max(ready, key=level.get) == "diffusion-train"    # the recipe's chain goes first
+
+
+def test_default_jobs_is_two_on_a_multicore_cpu_and_one_on_a_gpu(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert demo_mod.default_jobs("cpu") == 2
+    assert demo_mod.default_jobs("cuda:0") == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert demo_mod.default_jobs("cpu") == 1
+
+
+@pytest.mark.slow
+def test_parallel_stages_run_in_worker_processes_and_log_there(tmp_path):
+    only = ["audit-subset", "classifier", "classifier-noise"]
+    rec = run_demo(tmp_path, "smoke", echo=lambda s: None, only=only, jobs=2)
+    assert [s["name"] for s in rec["stages"]] == ["classifier", "classifier-noise", "audit-subset"]   # the list's order
+    assert all(s["status"] == "ok" and not s.get("cached") for s in rec["stages"]), rec["stages"]
+    for name in only:
+        assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
+    rec = run_demo(tmp_path, "smoke", echo=lambda s: None, only=only, jobs=2)
+    assert all(s.get("cached") for s in rec["stages"])
+
+
 def test_rerun_reuses_finished_stages_and_reruns_a_failed_one(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(demo_mod, "_run_command", _fake_command({"classifier"}, calls))

@@ -50,6 +50,7 @@ class Attack:
     version: str = "standard"
     rerun_checks: bool = True
     transform: object = field(default=None, compare=False, repr=False)
+    eot_batch: int = 1                  # EOT samples per forward/backward (speed only; see pgd.input_gradient)
 
     @property
     def name(self) -> str:
@@ -69,7 +70,7 @@ class Attack:
         target = BPDAClassifier(model.classifier, self.transform) if self.kind == "bpda" else model
         alpha = self.alpha if self.alpha is not None else 2.5 * self.eps / max(self.steps, 1)
         return pgd(target, x, y, eps=self.eps, alpha=alpha, steps=self.steps, norm=self.norm, eot=self.eot,
-                   restarts=self.restarts, loss=self.loss, generator=generator)
+                   restarts=self.restarts, loss=self.loss, generator=generator, eot_batch=self.eot_batch)
 
     def config(self) -> dict:
         return {"name": self.name, "kind": self.kind, "eps": self.eps, "norm": self.norm, "steps": self.steps,
@@ -78,14 +79,15 @@ class Attack:
 
 
 def pgd_attack(eps: float, norm: str = "linf", steps: int = 20, *, eot: int = 1, alpha=None, restarts: int = 1,
-               loss: str = "ce", rerun_checks: bool = True) -> Attack:
-    return Attack("pgd", eps, norm, steps, eot, alpha, restarts, loss, rerun_checks=rerun_checks)
+               loss: str = "ce", rerun_checks: bool = True, eot_batch: int = 1) -> Attack:
+    return Attack("pgd", eps, norm, steps, eot, alpha, restarts, loss, rerun_checks=rerun_checks, eot_batch=eot_batch)
 
 
 def bpda_attack(transform, eps: float, norm: str = "linf", steps: int = 20, *, eot: int = 1, alpha=None,
-                rerun_checks: bool = True) -> Attack:
+                rerun_checks: bool = True, eot_batch: int = 1) -> Attack:
     """PGD through classifier∘BPDA(transform): the defended model must expose ``.classifier``."""
-    return Attack("bpda", eps, norm, steps, eot, alpha, rerun_checks=rerun_checks, transform=transform)
+    return Attack("bpda", eps, norm, steps, eot, alpha, rerun_checks=rerun_checks, transform=transform,
+                  eot_batch=eot_batch)
 
 
 def autoattack_attack(eps: float, norm: str = "linf", version: str = "standard", *, rerun_checks: bool = True) -> Attack:

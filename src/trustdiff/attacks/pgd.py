@@ -4,7 +4,8 @@ L∞ / L2, random start, restarts, targeted, CE / CW-margin / KL losses, and EOT
 
 Gradients are taken with ``torch.enable_grad()`` so an attack works whatever the caller's grad
 mode; the model's train/eval mode is the caller's. EOT accumulates the gradient over ``eot``
-forward passes one at a time (memory of one pass, not ``eot``).
+forward passes, ``eot_batch`` of them stacked into one forward/backward (default 1: one at a time,
+memory of one pass).
 """
 from __future__ import annotations
 
@@ -83,19 +84,36 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator=None) -> torch
     return g / _bc(_norm(g).clamp_min(1e-12), x) * _bc(r, x)
 
 
-def input_gradient(model, x_adv, y, *, loss="ce", eot=1, targeted=False, ref_logp=None):
+def _stack(v: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """v repeated k times along the batch dimension (k copies of the whole batch, in order)."""
+    return v if v is None or k == 1 else v.repeat(k, *([1] * (v.ndim - 1)))
+
+
+def input_gradient(model, x_adv, y, *, loss="ce", eot=1, targeted=False, ref_logp=None, eot_batch=1):
     """∇ₓ of the mean over ``eot`` passes of the per-example loss (summed over the batch, so
-    each example gets its own gradient). Returns (gradient, mean loss [N])."""
+    each example gets its own gradient). Returns (gradient, mean loss [N]).
+
+    ``eot_batch``: how many of the ``eot`` passes share one forward/backward, as k copies of the
+    batch stacked along its first dimension (k·N rows; k times the activation memory). The
+    gradient is the same sum over passes: equal to the one-pass-at-a-time result up to float
+    summation order for a deterministic model, and a draw of the same expectation for a randomized
+    one (its noise for the k copies is drawn at once, so not the same draws)."""
+    if not isinstance(eot_batch, int) or eot_batch < 1:
+        raise InputError(f"eot_batch: expected an integer >= 1, got {eot_batch!r}")
+    n = x_adv.shape[0]
     grad = torch.zeros_like(x_adv)
-    total = torch.zeros(x_adv.shape[0], device=x_adv.device)
+    total = torch.zeros(n, device=x_adv.device)
     with torch.enable_grad():
-        for _ in range(eot):
+        done = 0
+        while done < eot:
+            k = min(eot_batch, eot - done)
             xi = x_adv.detach().requires_grad_(True)
-            l = attack_loss(model(xi), y, loss, targeted=targeted, ref_logp=ref_logp)
+            l = attack_loss(model(_stack(xi, k)), _stack(y, k), loss, targeted=targeted, ref_logp=_stack(ref_logp, k))
             # a model whose output does not depend on x through autograd has gradient 0 there
             g = torch.autograd.grad(l.sum(), xi)[0] if l.requires_grad else torch.zeros_like(xi)
             grad += g
-            total += l.detach()
+            total += l.detach().reshape(k, n).sum(0)
+            done += k
     return grad / eot, total / eot
 
 
@@ -114,7 +132,7 @@ def _mean_margin(model, x, y, eot, targeted):
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, norm: str = "linf",
         eot: int = 1, random_start: bool = True, restarts: int = 1, loss: str = "ce", targeted: bool = False,
-        generator=None, x_ref_logits: torch.Tensor | None = None) -> torch.Tensor:
+        generator=None, x_ref_logits: torch.Tensor | None = None, eot_batch: int = 1) -> torch.Tensor:
     """PGD: x′ ← Π_{B_ε(x) ∩ [0,1]}(x′ + α·step(∇ₓ L)), with step = sign (L∞) or ∇/‖∇‖ (L2).
 
     Args:
@@ -122,6 +140,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, st
         y: labels [N] (the target labels when ``targeted``).
         eps, alpha, steps: budget ε, step size α, iterations. ε = 0 returns x.
         eot: gradient samples per step (Expectation over Transformation).
+        eot_batch: EOT samples per forward/backward pass (:func:`input_gradient`).
         restarts: independent random starts; per example the one with the lowest final margin
             (mean logits over ``eot`` passes) is kept.
         loss: ``ce``, ``cw`` (margin) or ``kl`` (TRADES; reference logits from ``x_ref_logits``
@@ -142,7 +161,8 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, st
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         x_adv = (x + project(delta, eps, norm)).clamp(0, 1)
         for _ in range(steps):
-            g, _ = input_gradient(model, x_adv, y, loss=loss, eot=eot, targeted=targeted, ref_logp=ref_logp)
+            g, _ = input_gradient(model, x_adv, y, loss=loss, eot=eot, targeted=targeted, ref_logp=ref_logp,
+                                  eot_batch=eot_batch)
             x_adv = x + project(x_adv + alpha * _ascent(g, norm) - x, eps, norm)
             x_adv = x_adv.clamp(0, 1).detach()
         if restarts == 1:

@@ -173,19 +173,23 @@ class Smooth:
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """counts[c] = #{i ≤ num : f(x + δ_i) = c}, δ_i ~ N(0, σ²I) i.i.d., drawn
         ``batch_size`` at a time from ``generator``. Counting needs no gradients (it returns
-        integers), so it runs under ``torch.no_grad``; the classes are tallied with one
-        ``torch.bincount`` per batch."""
+        integers), so it runs under ``torch.inference_mode``; each batch's noise is drawn into one
+        preallocated buffer and turned into x + σ·δ in place (the same values as
+        ``x + σ * randn(...)``, without two fresh image-sized tensors per batch), and the classes
+        are tallied with one ``torch.bincount`` per batch, with no host sync until the end."""
         if generator is not None and generator.device.type != x.device.type:
             raise InputError(f"generator: expected a torch.Generator on {x.device}, got one on {generator.device}")
         K = self.num_classes
         counts = torch.zeros(K, dtype=torch.long, device=x.device)
-        with torch.no_grad():
+        with torch.inference_mode():
+            buf = torch.empty((min(batch_size, num), *x.shape), device=x.device, dtype=x.dtype)
             remaining = num
             while remaining > 0:
                 b = min(batch_size, remaining)
-                batch = x.unsqueeze(0).expand(b, *x.shape)                                # b×C×H×W
-                noise = torch.randn(batch.shape, generator=generator, device=x.device, dtype=x.dtype)
-                logits = self.base_classifier(batch + self.sigma * noise)                 # b×K
+                noisy = buf[:b]
+                torch.randn(noisy.shape, generator=generator, device=x.device, dtype=x.dtype, out=noisy)
+                noisy.mul_(self.sigma).add_(x)                                            # x + σ·δ, b×C×H×W
+                logits = self.base_classifier(noisy)                                      # b×K
                 if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (b, K):
                     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                     raise InputError(f"base_classifier: expected logits of shape ({b}, {K}), got {got}")

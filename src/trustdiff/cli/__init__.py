@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     """Console entry point: runs the CLI; a user error — a :class:`TrustdiffError`, a bad flag, a
     file that cannot be read or written — is one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from ..runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     try:
         code = cli.main(args=argv, standalone_mode=False, obj={"argv": argv})   # an int only from click's Exit
     except TrustdiffError as e:

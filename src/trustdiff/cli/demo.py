@@ -17,13 +17,15 @@ from .common import seed_option
 @seed_option()
 @click.option("--device", default=None, help="Passed to every stage (default: each command's, cuda when available).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Passed to every stage (default: fp32).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Stages run at once, each in its own process (default: 2 on a CPU with 2 or more cores, 1 on a GPU).")
 @click.option("--dry-run", is_flag=True, help="Print the stages' commands and exit.")
-def demo_cmd(preset, out, seed, device, precision, dry_run):
+def demo_cmd(preset, out, seed, device, precision, jobs, dry_run):
     """Run every capability on the embedded digits (each stage an ordinary trustdiff command,
     cached by content hash) and write OUT/report.html."""
     from ..runs import check_out, run_kind
     from ..runtime import check_precision, resolve_device
-    from .stages import demo_stages, run_demo
+    from .stages import default_jobs, demo_stages, run_demo
 
     check_precision(resolve_device(device), precision or "fp32")      # an absent device fails here, once
     runtime = (*(("--device", device) if device else ()), *(("--precision", precision) if precision else ()))
@@ -33,7 +35,8 @@ def demo_cmd(preset, out, seed, device, precision, dry_run):
         for st in stages:
             click.echo(f"{st.name}: trustdiff {' '.join(st.argv)}")
         return
-    rec = run_demo(out, preset, seed=seed, echo=click.echo, runtime=runtime)
+    rec = run_demo(out, preset, seed=seed, echo=click.echo, runtime=runtime,
+                   jobs=jobs if jobs is not None else default_jobs(device))
     bad = [s["name"] for s in rec["stages"] if s["status"] != "ok"]
     click.echo(f"\ndemo ({preset}) finished in {rec['seconds'] / 60:.1f} min; "
                + (f"FAILED stages: {', '.join(bad)}; " if bad else "every stage ok; ") + f"report: {rec['report']}")

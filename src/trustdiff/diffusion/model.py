@@ -210,7 +210,7 @@ def generate(denoiser, spec: ModelSpec, n: int, *, seed: int = 0, sampler: str =
         from tqdm import tqdm
         starts = tqdm(starts, desc="generate", unit="batch")
     chunks = []
-    with torch.no_grad():
+    with torch.inference_mode():                   # the images leave as ordinary tensors (torch.cat below)
         for i in starts:
             seeds = range(seed + i, seed + min(i + batch, n))
             lab = None if labels is None else labels[i: i + len(seeds)]

@@ -24,7 +24,8 @@ from ..errors import InputError
 
 STAGES_FILE = "stages.json"
 
-#: the presets, sized for 2 CPU cores (quick: ≤ 10 minutes; smoke: the test suite's ≤ 2 minutes). quick's
+#: the presets, sized for 2 CPU cores (quick: ≤ 10 minutes, 7.0 min on a fresh clone with two stages at a
+#: time; smoke: the test suite's ≤ 2 minutes). quick's
 #: classifiers train 400 steps and its adversarial training 4 epochs (were 700 and 6): with them the demo
 #: took 11.2 min on a fresh clone, over its budget
 PRESETS = {
@@ -241,8 +242,8 @@ def machine() -> str:
         (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
-#: scheduling hints: the quick preset's seconds per stage on 2 CPU cores (a fresh clone's `make demo`,
-#: 2026-12-02). Only the order in which ready stages start depends on them (longest remaining chain
+#: scheduling hints: the quick preset's seconds per stage on 2 CPU cores, one stage at a time on 2 threads
+#: (2026-12-02). Only the order in which ready stages start depends on them (longest remaining chain
 #: first); a previous run's own seconds replace them.
 COST_HINTS = {"diffusion-train": 64, "diffusion-generate": 31, "watermark-recipe": 125, "t2i-train": 79,
               "t2i-embed": 28, "t2i-verify": 30, "classifier": 27, "classifier-noise": 26, "certify-smoothed": 5,
@@ -295,8 +296,8 @@ def _run_logged(argv: list[str], log_path: str) -> dict:
             return {"ok": True, "seconds": round(time.time() - t, 1)}
         except Exception as e:                      # reported by the scheduler, like the sequential path's
             traceback.print_exc(file=log)
-            return {"ok": False, "seconds": round(time.time() - t, 1), "error": f"{type(e).__name__}: {e}",
-                    "traceback": traceback.format_exc(limit=5)}
+            return {"ok": False, "seconds": round(time.time() - t, 1),
+                    "error": f"{type(e).__name__}: {e} (its output: {log_path})", "traceback": traceback.format_exc(limit=5)}
 
 
 def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: list[str] | None = None,

@@ -354,8 +354,8 @@ def command_plan(w: Path, n_cmp: int):
         ("certify --shard 1/2", ["certify", "--classifier", d("clf"), "--sigma", "0.25", "--draws0", "5", "--draws", "20",
                                  "--max", "4", "--shard", "1/2"], "certs"),
         ("purify eval", ["purify", "eval", "--classifier", d("clf"), "--denoiser", d("m"), "--t-star", "0.1",
-                         "--sample-steps", "2", "--attack", "pgd-eot", "--attack-steps", "1", "--eot", "1",
-                         "-n", n_cmp, "--n-check", "2"], "pur"),
+                         "--sample-steps", "2", "--attack", "pgd-eot", "--attack-steps", "1", "--eot", "2",
+                         "--eot-batch", "2", "--checkpoint", "-n", n_cmp, "--n-check", "2"], "pur"),   # stacked EOT, _Recompute
         ("watermark train-codec", ["watermark", "train-codec", *CODEC], "codec"),
         ("watermark embed", ["watermark", "embed", "--codec", d("codec"), "--split", "test", "--key-seed", "7"], "emb"),
         ("watermark detect", ["watermark", "detect", "--codec", d("codec"), "--images", d("emb", "watermarked.npz"),

@@ -53,7 +53,8 @@ def tune_cpu_allocator() -> bool:
     denoiser + classifier at batch 1,000 spent 9 s of 39 s in the kernel and ran 396 noise
     samples/s; with ``mallopt`` thresholds of 256 MiB (mmap) and 512 MiB (trim) it spent 1 s and
     ran 582 (bench/throughput.py measures it). Values are unchanged (only where memory comes from);
-    the cost is that a process keeps its peak heap until it exits. A no-op off glibc, and when
+    the cost is that a process keeps up to 512 MiB of freed heap (and any block below
+    256 MiB it freed) for reuse instead of handing it back to the OS. A no-op off glibc, and when
     ``TRUSTDIFF_CPU_ALLOCATOR=system`` is set. Returns whether the thresholds were set."""
     if os.environ.get("TRUSTDIFF_CPU_ALLOCATOR", "").lower() == "system":
         return False

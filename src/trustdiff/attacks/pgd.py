@@ -97,7 +97,9 @@ def input_gradient(model, x_adv, y, *, loss="ce", eot=1, targeted=False, ref_log
     batch stacked along its first dimension (k·N rows; k times the activation memory). The
     gradient is the same sum over passes: equal to the one-pass-at-a-time result up to float
     summation order for a deterministic model, and a draw of the same expectation for a randomized
-    one (its noise for the k copies is drawn at once, so not the same draws)."""
+    one (its noise for the k copies is drawn at once: a model that draws once per call may get the
+    same stream as k calls in turn, one that draws per solver step, like DiffPure, draws in another
+    order)."""
     if not isinstance(eot_batch, int) or eot_batch < 1:
         raise InputError(f"eot_batch: expected an integer >= 1, got {eot_batch!r}")
     n = x_adv.shape[0]

@@ -44,7 +44,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_digits import matmul_peak_gflops  # noqa: E402  (one peak measurement for every bench)
+from train_digits import best_seconds, matmul_peak_gflops  # noqa: E402  (one timer and peak for every bench)
 
 from trustdiff.attacks.pgd import attack_loss, input_gradient, pgd  # noqa: E402
 from trustdiff.certify import DenoisedClassifier, Smooth, certify_set  # noqa: E402
@@ -80,15 +80,6 @@ def flop_count(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
-
-
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def figures(gflop_per_unit: float, units_per_s: float, peak: float, ref_units_per_s: float | None) -> dict:
@@ -205,7 +196,7 @@ def purifier(clf, den, steps, checkpoint=False):
 def attack_seconds(model, x, y, pgd_steps, eot_batch, repeats) -> float:
     """Best seconds per image and PGD step of PGD-``pgd_steps`` EOT-8 (L∞ ε = 0.1)."""
     torch.manual_seed(0)
-    return best_time(lambda: pgd(model, x, y, eps=0.1, alpha=0.01, steps=pgd_steps, eot=EOT, eot_batch=eot_batch),
+    return best_seconds(lambda: pgd(model, x, y, eps=0.1, alpha=0.01, steps=pgd_steps, eot=EOT, eot_batch=eot_batch),
                      repeats) / (len(x) * pgd_steps)
 
 
@@ -351,7 +342,7 @@ def worker(job: dict, args, out: Path) -> None:
         seeds = list(range(args.gen_images))
         draw = today_sample if phase == "today" else new_sample
         r["samples"] = draw(den, spec, seeds)
-        r["per_s"] = len(seeds) / best_time(lambda: draw(den, spec, seeds), args.repeats)
+        r["per_s"] = len(seeds) / best_seconds(lambda: draw(den, spec, seeds), args.repeats)
     elif loop == "pgd":
         x, y = test[: args.attack_images], labels[: args.attack_images]
         for steps in (5, 20):

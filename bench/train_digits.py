@@ -31,18 +31,24 @@ from trustdiff.train.diffusion import DiffusionJob, diffusion_loss_fn, model_spe
 from trustdiff.diffusion.model import build_denoiser
 
 
+def best_seconds(fn, repeats: int = 3, warmup: int = 0) -> float:
+    """The fastest of ``repeats`` timed calls of fn(), after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None) -> float:
     """The machine's fp32 matmul rate: best of ``repeats`` n×n @ n×n products (2n³ FLOP each), or
     of m×k @ k×p products for ``shape`` = (m, k, p) (2mkp FLOP each)."""
     m, k, p = shape or (n, n, n)
     a, b = torch.randn(m, k), torch.randn(k, p)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * p / best / 1e9
+    return 2 * m * k * p / best_seconds(lambda: a @ b, repeats, warmup=1) / 1e9
 
 
 def train_step_gflop(job: DiffusionJob) -> float:

@@ -48,6 +48,9 @@ from trustdiff.watermark.null import synthetic_strokes
 from trustdiff.watermark.sweeps import bit_length_sweep, distortion_grid, plot_sweep, weight_noise_sweep
 from trustdiff.watermark.training import CodecJob
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_digits import best_seconds  # noqa: E402  (one timer for every bench)
+
 SMOKE = dict(codec_steps=150, codec_width=8, l2_await=10, l2_ramp=40, size="tiny", steps=30, n_generate=40,
              sample_steps=4, feature_steps=30, null_keys=20, calib_images=2000, other_images=2000,
              weight_stds="0,0.01,0.05", weight_n=24, distortion_images=64, sweep_bits="4,16",
@@ -128,13 +131,7 @@ def recipe_job(args, *, n_bits, codec_steps, size, steps, n_generate, fd=True) -
 
 
 def _time(fn, reps=3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return best_seconds(fn, reps, warmup=1)
 
 
 def plan(args) -> dict:

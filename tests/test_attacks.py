@@ -171,7 +171,7 @@ def test_stacked_eot_passes_give_the_one_at_a_time_gradient():
     from trustdiff.attacks.pgd import input_gradient
 
     net, x, y = _trained_mlp()
-    x, y = x[:5], y[:5]                          # 5 images of 16 values: a multiple of the CPU RNG's 16-value blocks
+    x, y = x[:5], y[:5]                          # 5 images of 16 values each
     one = input_gradient(net, x, y, eot=6, eot_batch=1)
     for k in (2, 4, 6):                          # a deterministic model: the same gradient, summed in another order
         g, l = input_gradient(net, x, y, eot=6, eot_batch=k)

@@ -49,10 +49,9 @@ def tune_cpu_allocator() -> bool:
 
     glibc serves a large allocation with a fresh ``mmap`` (above its threshold, which grows only up to
     32 MiB) and unmaps it on free, so each new activation tensor of a large batch is page-faulted
-    in and zeroed by the kernel again: measured on 2 CPU cores, certification through the bench's
-    denoiser + classifier at batch 1,000 spent 9 s of 39 s in the kernel and ran 396 noise
-    samples/s; with ``mallopt`` thresholds of 256 MiB (mmap) and 512 MiB (trim) it spent 1 s and
-    ran 582 (bench/throughput.py measures it). Values are unchanged (only where memory comes from);
+    in and zeroed by the kernel again. With ``mallopt`` thresholds of 256 MiB (mmap) and 512 MiB
+    (trim), locuslab/smoothing's own certification loop through the bench's denoiser + classifier
+    at batch 250 ran 798 noise samples/s instead of 624 on 2 CPU cores (bench/throughput.py). Values are unchanged (only where memory comes from);
     the cost is that a process keeps up to 512 MiB of freed heap (and any block below
     256 MiB it freed) for reuse instead of handing it back to the OS. A no-op off glibc, and when
     ``TRUSTDIFF_CPU_ALLOCATOR=system`` is set. Returns whether the thresholds were set."""

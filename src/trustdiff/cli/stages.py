@@ -255,9 +255,9 @@ COST_HINTS = {"diffusion-train": 64, "diffusion-generate": 31, "watermark-recipe
 
 def default_jobs(device: str | None = None) -> int:
     """Stages run at once by ``trustdiff demo``: 2 on a CPU with at least 2 cores, else 1. On 2
-    cores the demo's small networks run a stage 1.43× faster on 2 threads than on 1 (the diffusion
-    training stage: 64 s vs 91 s), so two 1-thread stages side by side finish more work; a GPU
-    runs one stage at a time."""
+    cores the demo's small networks run a stage only 1.43× faster on 2 threads than on 1 (its
+    diffusion-train stage: 64 s, and 91 s under ``OMP_NUM_THREADS=1``), so two 1-thread stages side
+    by side finish more work; a GPU runs one stage at a time."""
     import torch
 
     on_gpu = torch.cuda.is_available() if device in (None, "auto") else not str(device).startswith("cpu")
@@ -282,22 +282,30 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _attempt(argv: list[str]) -> dict:
+    """Run one stage's command: ``{"ok": bool, "seconds", "error"?, "traceback"?}`` (a stage's
+    failure must not stop the others, and nothing is raised across a worker's process boundary)."""
+    t = time.time()
+    try:
+        _run_command(argv)
+        return {"ok": True, "seconds": round(time.time() - t, 1)}
+    except Exception as e:
+        return {"ok": False, "seconds": round(time.time() - t, 1), "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(limit=5)}
+
+
 def _run_logged(argv: list[str], log_path: str) -> dict:
-    """Run one stage's command in a worker process with its output in ``log_path``; returns
-    ``{"ok": bool, "seconds", "error"?, "traceback"?}`` (nothing raised across the process
-    boundary)."""
+    """:func:`_attempt` in a worker process, with the command's output (and a failure's traceback)
+    in ``log_path``."""
     import contextlib
 
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    t = time.time()
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            _run_command(argv)
-            return {"ok": True, "seconds": round(time.time() - t, 1)}
-        except Exception as e:                      # reported by the scheduler, like the sequential path's
-            traceback.print_exc(file=log)
-            return {"ok": False, "seconds": round(time.time() - t, 1),
-                    "error": f"{type(e).__name__}: {e} (its output: {log_path})", "traceback": traceback.format_exc(limit=5)}
+        result = _attempt(argv)
+        if not result["ok"]:
+            log.write(result["traceback"])
+            result["error"] += f" (its output: {log_path})"
+    return result
 
 
 def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: list[str] | None = None,
@@ -345,6 +353,7 @@ def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: lis
         else:
             return False
         recs[st.name] = rec
+        save()
         return True
 
     def finish(st, result: dict) -> None:
@@ -371,17 +380,9 @@ def run_demo(out, preset: str = "quick", *, seed: int = 0, echo=print, only: lis
 
     if jobs <= 1:
         for st in chosen:
-            if settle(st):
-                save()
-                continue
-            start(st)
-            t = time.time()
-            try:
-                _run_command(st.argv)
-                finish(st, {"ok": True, "seconds": round(time.time() - t, 1)})
-            except Exception as e:                        # one stage's failure must not stop the others
-                finish(st, {"ok": False, "seconds": round(time.time() - t, 1), "error": f"{type(e).__name__}: {e}",
-                            "traceback": traceback.format_exc(limit=5)})
+            if not settle(st):
+                start(st)
+                finish(st, _attempt(st.argv))
     else:
         _run_parallel(chosen, jobs, out, settle, start, finish, before)
     from ..report.render import write_report
@@ -407,18 +408,20 @@ def _run_parallel(chosen: list[Stage], jobs: int, out: Path, settle, start, fini
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
+    def is_ready(st) -> bool:                        # every stage it reads has finished (or is not run)
+        return all(n in done or n not in names for n in st.needs)
+
     try:
         while pending or running:
             progressed = True
             while progressed:                         # settle what needs no worker, in order
                 progressed = False
                 for st in list(pending):
-                    if all(n in done or n not in names for n in st.needs) and settle(st):
+                    if is_ready(st) and settle(st):
                         pending.remove(st)
                         done.add(st.name)
                         progressed = True
-            ready = sorted((st for st in pending if all(n in done or n not in names for n in st.needs)),
-                           key=lambda st: -level[st.name])
+            ready = sorted(filter(is_ready, pending), key=lambda st: -level[st.name])
             for st in ready[: jobs - len(running)]:
                 pending.remove(st)
                 start(st)

@@ -93,10 +93,10 @@ class Checkpointed(nn.Module):
     and gradients as the wrapped denoiser (which must be deterministic: eval mode, no dropout).
 
     With frozen parameters (an attack's case) each call keeps only its input x
-    (:class:`_Recompute`). torch's non-reentrant ``checkpoint`` keeps more: measured through the
-    bench's 16×16 UNet at batch 16, about 6 MB per call against the input's 16 KB, so the peak of
-    a 100-step attack was 7× that of one step (bench/throughput.py). When a parameter needs a
-    gradient (fine-tuning through the sampler), that ``checkpoint`` is used."""
+    (:class:`_Recompute`): bench/throughput.py measures the peak memory of a 100-step attack at
+    1.14× that of one step. torch's non-reentrant ``checkpoint`` kept far more than the inputs
+    through the diffusers UNet here; it is used when a parameter needs a gradient (fine-tuning
+    through the sampler)."""
 
     def __init__(self, denoiser: nn.Module):
         super().__init__()

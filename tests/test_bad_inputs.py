@@ -183,6 +183,16 @@ CASES = [
     ("generate-payload-pickle", "generate --model {fx}/payload.pkl -n 2 --out {new}"),
     ("purify-denoiser-pt-without-config", "purify eval --classifier {fx}/clf --denoiser {fx}/unknown.pt --out {new}"),
     ("generate-adm-config-on-a-folder", "generate --model {fx}/m --adm-config iddpm-cifar10 -n 2 --out {new}"),
+    # watermark removal attacks (issue 20)
+    ("attack-no-images", "watermark attack --codec {fx}/codec --key-seed 1 --fpr 0.01 --out {new}"),
+    ("attack-no-codec", "watermark attack --key-seed 1 --embed digits --fpr 0.01 --out {new}"),
+    ("attack-unknown-search", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --search rotations --fpr 0.01 --out {new}"),
+    ("attack-unknown-attack", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --attacks twirl --fpr 0.01 --out {new}"),
+    ("attack-8-bits-at-1e-6", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --out {new}"),
+    ("attack-model-other-resolution", "watermark attack --codec {fx}/codec --key-seed 1 --model {fx}/m --fpr 0.01 --out {new}"),
+    ("attack-finetune-without-model", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --finetune-steps 5 --fpr 0.01 --out {new}"),
+    ("attack-t-star-above-1", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --t-star 2 --fpr 0.01 --out {new}"),
+    ("attack-into-train-run", "watermark attack --codec {fx}/codec --key-seed 1 --embed digits --fpr 0.01 --out {fx}/m"),
     # the privacy audit (issue 21)
     ("audit-extract-into-train-run", "audit extract --model {fx}/m -n 2 --out {fx}/m"),
     ("audit-extract-n-0", "audit extract --model {fx}/m -n 0 --out {new}"),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, COUNT0, NONNEG, POSITIVE, SAMPLERS, ran_on, run_command, seed_option, unsafe_pickle_option
+from .common import (COUNT, COUNT0, NONNEG, POSITIVE, SAMPLERS, parse_floats, ran_on, run_command, seed_option,
+                     unsafe_pickle_option)
 
 SUBSET_MEMBERS = "members.npz"
 SUBSET_NONMEMBERS = "nonmembers.npz"
@@ -145,20 +146,6 @@ def heldout_of(data: str, train, heldout_data: str | None, resolution: int, seed
 def _tensors(imageset, device):
     x, y = imageset.tensors()
     return x.to(device), y
-
-
-def _parse_floats(text: str, flag: str) -> list[float]:
-    import math
-
-    from ..errors import InputError
-
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise InputError(f"{flag}: expected one or more numbers > 0, got {text!r}")
-    return vals
 
 
 # ---- audit subset ------------------------------------------------------------------------------------
@@ -325,7 +312,7 @@ def membership_cmd(run, model_dir, members, nonmembers, sigmas, repeats, attacks
     from ..persist import atomic_write_json
     from ..diffusion.model import load_model
 
-    sig = _parse_floats(sigmas, "--sigmas")
+    sig = parse_floats(sigmas, "--sigmas")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     den = den.to(run.device)
     _check_sigmas(sig, spec)
@@ -490,7 +477,7 @@ def ownership_cmd(run, recipe_dir, codec_dir, nonmembers, sigmas, repeats, attac
         raise InputError(f"--codec: expected the recipe's codec ({key.numel()} bits at {job.get('resolution')}×"
                          f"{job.get('resolution')}), got {codec.n_bits} bits at {codec.resolution}×{codec.resolution}")
     model_dir = recipe_dir / "diffusion-watermarked"
-    sig = _parse_floats(sigmas, "--sigmas")
+    sig = parse_floats(sigmas, "--sigmas")
     den, spec = load_model(model_dir, allow_pickle=allow_pickle)
     den = den.to(run.device)
     _check_sigmas(sig, spec)

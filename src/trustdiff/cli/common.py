@@ -28,6 +28,25 @@ NONNEG = click.FloatRange(min=0.0)
 OPEN_UNIT = click.FloatRange(0.0, 1.0, min_open=True, max_open=True)
 
 
+def parse_floats(text: str, flag: str, *, lo: float = 0.0, lo_open: bool = True, hi: float | None = None,
+                 empty: bool = False) -> list[float]:
+    """Comma-separated finite numbers, each > lo (≥ lo when not ``lo_open``) and ≤ hi; an empty
+    list only when ``empty``. Anything else is one InputError line naming the flag."""
+    import math
+
+    from ..errors import InputError
+
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+    ok = all(math.isfinite(v) and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi) for v in vals)
+    if (not vals and not empty) or not ok:
+        raise InputError(f"{flag}: expected {'' if empty else 'one or more '}numbers {rng}, got {text!r}")
+    return vals
+
+
 def ran_on(*objs) -> str:
     """Where a command's models and tensors ended up, for its metrics.json: ``"cpu"``,
     ``"cuda:0"``; several devices joined by ``+`` (which would be a bug to see)."""

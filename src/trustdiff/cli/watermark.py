@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from .common import COUNT, COUNT0, NONNEG, OPEN_UNIT, POSITIVE, SEED, ran_on, run_command, seed_option, unsafe_pickle_option
+from .common import (COUNT, COUNT0, NONNEG, OPEN_UNIT, POSITIVE, SEED, parse_floats, ran_on, run_command, seed_option,
+                     unsafe_pickle_option)
 
 
 def _codec_options(f):
@@ -30,7 +31,7 @@ def _codec_options(f):
         click.option("--l2-await", type=COUNT0, default=1000, show_default=True, help="Steps after Bit-Acc first passes 0.9 before the L2 ramp (recipe: 1000)."),
         click.option("--l2-ramp", type=COUNT0, default=3000, show_default=True, help="Steps of the linear L2 ramp (recipe: 3000)."),
         click.option("--distortions", default="", show_default=True,
-                     help="Training distortions, comma-separated: jpeg,noise,blur,crop,resize,brightness,contrast (beyond the recipe)."),
+                     help="Training distortions, comma-separated: robust (the preset: shift,crop,jpeg,noise,blur,resize,brightness,contrast,gamma) or any of shift,crop,flip,jpeg,noise,blur,resize,brightness,contrast,gamma (beyond the recipe)."),
         click.option("--codec-steps", type=COUNT, default=4000, show_default=True, help="Codec training steps."),
         click.option("--codec-batch", type=COUNT, default=64, show_default=True),
         click.option("--codec-lr", type=POSITIVE, default=1e-3, show_default=True, help="Adam lr (recipe: 1e-4 over ~80k steps; 1e-3 for CPU budgets)."),
@@ -272,7 +273,7 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
     if key is not None:
         parse_key(key, n_bits)
     check_reachable(n_bits, fpr)
-    stds = _parse_stds(weight_noise)
+    stds = parse_floats(weight_noise, "--weight-noise", lo_open=False, empty=True)
     load(data, resolution=resolution, split="test", seed=seed)
     if codec_dir is not None:
         c = load_codec(codec_dir)
@@ -307,18 +308,6 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
         _weight_noise(out, m, job, stds, weight_noise_n, codec_dir, run.device, run.precision)
 
 
-def _parse_stds(text: str) -> list[float]:
-    from ..errors import InputError
-
-    try:
-        stds = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--weight-noise: expected comma-separated stds, got {text!r}") from None
-    if any(not s >= 0 for s in stds):
-        raise InputError(f"--weight-noise: expected stds >= 0, got {text!r}")
-    return stds
-
-
 def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir, device, precision: str) -> None:
     """The weight-noise table of the recipe run in OUT (on ``device``): rows into OUT/metrics.json,
     the plot into OUT/weight_noise.png, at the owner's threshold of the recipe run."""
@@ -333,6 +322,120 @@ def _weight_noise(out: Path, m: dict, job, stds: list[float], n: int, codec_dir,
                               threshold=Threshold(**m["threshold"]), n=n, progress=click.echo, device=device,
                               precision=precision)
     atomic_write_json(out / "metrics.json", {**m, "weight_noise": rows})
+
+
+@watermark.command("attack")
+@click.option("--codec", "codec_dir", default=None, type=click.Path(path_type=Path), help="The owner's codec folder or train-codec run (required).")
+@click.option("--key", default=None, help="The key: bits or 0x-hex.")
+@click.option("--key-file", default=None, type=click.Path(path_type=Path))
+@click.option("--key-seed", default=None, type=SEED, help="A key derived from this seed (as embed --key-seed).")
+@click.option("--images", default=None, help="Watermarked images to attack: a data spec/path, a .npz or a `trustdiff generate` folder.")
+@click.option("--embed", "embed_data", default=None, help="Clean images of this data (test split) watermarked here with the key, then attacked.")
+@click.option("--embed-images", type=COUNT, default=500, show_default=True, help="At most this many --embed images.")
+@click.option("--model", "model_dir", default=None, type=click.Path(path_type=Path),
+              help="The watermarked diffusion model: its samples are attacked too, and the model itself (pruning, int8, fine-tuning).")
+@click.option("--clean", "clean_specs", multiple=True, default=("digits",), show_default=True,
+              help="Clean images (never watermarked): the FPR under every attack, and the thresholds; repeatable.")
+@click.option("--clean-images", type=COUNT, default=2000, show_default=True, help="Each --clean set filled up to this many with shifted copies.")
+@click.option("--search", default="flips", show_default=True, help="Inverse transforms the detector reads each image under: "
+              "none, flips, shifts, shifts2, flips+shifts; the p-value is corrected for their number.")
+@click.option("--attacks", "attack_list", default="all", show_default=True, help="Image-level attacks, comma-separated (see the docs), or all.")
+@click.option("--fpr", "fprs", default="1e-6,1e-3", show_default=True, help="False-positive rates the TPR is reported at.")
+@click.option("--regen-model", default=None, type=click.Path(path_type=Path), help="A diffusion model that never saw watermarked data, for regeneration.")
+@click.option("--t-star", "t_stars", default="0.02,0.05,0.1,0.2,0.3,0.5", show_default=True, help="Regeneration depths t* (VP time, DiffPure's).")
+@click.option("--regen-steps", type=COUNT, default=10, show_default=True, help="Reverse steps of each regeneration.")
+@click.option("--prune", "prune_fracs", default="0.2,0.5,0.8", show_default=True, help="Magnitude-pruning fractions of the model's weights ('' for none).")
+@click.option("--no-int8", is_flag=True, help="Skip the int8 weight quantisation.")
+@click.option("--weight-noise", default="", help="Stds of Gaussian noise on the model's weights.")
+@click.option("--finetune-steps", default="", help="Fine-tune the model on clean data for these step counts (increasing; one continuing run).")
+@click.option("--finetune-data", default="digits", show_default=True, help="The clean data of the fine-tuning attack.")
+@click.option("-n", "--num", "n_generate", type=COUNT, default=200, show_default=True, help="Images generated per model (attacked or not).")
+@click.option("--sample-steps", type=COUNT, default=10, show_default=True, help="Heun steps of generation.")
+@click.option("--fd-data", default="digits", show_default=True, help="FD of generated images against this data's test split.")
+@click.option("--no-fd", is_flag=True, help="Skip FD.")
+@click.option("--feature-steps", type=COUNT, default=300, show_default=True, help="Training steps of the FD feature net (cached).")
+@seed_option()
+@unsafe_pickle_option
+@run_command("watermark attack", out="runs/attack", resumable=True)
+def attack_cmd(run, codec_dir, key, key_file, key_seed, images, embed_data, embed_images, model_dir, clean_specs, clean_images,
+               search, attack_list, fprs, regen_model, t_stars, regen_steps, prune_fracs, no_int8, weight_noise, finetune_steps,
+               finetune_data, n_generate, sample_steps, fd_data, no_fd, feature_steps, seed, allow_pickle, out):
+    """Removal attacks against a watermark, through the owner's detector: image-level (moves,
+    flips, crops, JPEG …), regeneration with a clean diffusion model, and model-level (pruning,
+    int8, fine-tuning); Bit-Acc, TPR, clean FPR and each attack's cost → OUT/metrics.json."""
+    import torch
+
+    from ..data import load
+    from ..diffusion.model import load_model
+    from ..errors import InputError
+    from ..watermark.attack_report import AttackJob, run_attack_report
+    from ..watermark.attacks import TARGET_ATTACKS
+    from ..watermark.codec import load_codec
+    from ..watermark.embed import watermark as wm_images
+    from ..watermark.null import shifted_copies
+    from ..watermark.stats import check_reachable
+
+    # every bad input fails before anything is written
+    if codec_dir is None:
+        raise InputError("--codec: expected the owner's codec folder (none was given)")
+    codec = load_codec(codec_dir, allow_pickle=allow_pickle)
+    k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
+    rates = parse_floats(fprs, "--fpr", hi=0.5)
+    for f in rates:
+        check_reachable(codec.n_bits, f)
+    names = [a.strip() for a in attack_list.split(",") if a.strip()]
+    try:
+        job = AttackJob(search=search, fprs=tuple(rates), attacks=None if names == ["all"] else tuple(names), seed=seed,
+                        t_stars=tuple(parse_floats(t_stars, "--t-star", hi=1.0)), regen_steps=regen_steps,
+                        prune=tuple(parse_floats(prune_fracs, "--prune", lo_open=False, hi=0.99, empty=True)),
+                        int8=not no_int8, weight_noise=tuple(parse_floats(weight_noise, "--weight-noise", lo_open=False, empty=True)),
+                        finetune_steps=tuple(int(v) for v in parse_floats(finetune_steps, "--finetune-steps", empty=True)),
+                        finetune_data=finetune_data, n_generate=n_generate, sample_steps=sample_steps,
+                        fd_data=None if no_fd else fd_data, feature_steps=feature_steps)
+    except InputError as e:
+        raise InputError(f"--search/--attacks: {e}") from None
+    if images is None and embed_data is None and model_dir is None:
+        raise InputError("watermarked images: expected --images, --embed or --model (none was given)")
+    wm = {}
+    if images is not None:
+        wm["images"] = load_images(images, codec.resolution, codec.channels, "all", seed)
+    if embed_data is not None:
+        x = load(embed_data, resolution=codec.resolution, split="test", seed=seed).tensors()[0][:embed_images]
+        if x.shape[1] != codec.channels:
+            raise InputError(f"--embed {embed_data}: {x.shape[1]}-channel images, the codec takes {codec.channels}")
+        wm["heldout"] = x
+    for m in (model_dir, regen_model):
+        if m is not None:
+            spec = load_model(m, allow_pickle=allow_pickle)[1]
+            if (spec.channels, spec.resolution) != (codec.channels, codec.resolution):
+                raise InputError(f"{m}: a model of {spec.channels}×{spec.resolution}×{spec.resolution} images, the codec "
+                                 f"takes {codec.channels}×{codec.resolution}×{codec.resolution}")
+    if job.finetune_steps and model_dir is None:
+        raise InputError("--finetune-steps: expected --model (the watermarked model to fine-tune)")
+    parts = [shifted_copies(load_images(c, codec.resolution, codec.channels, "all", seed, flag="--clean"), clean_images,
+                            generator=torch.Generator().manual_seed(seed + 17)) for c in clean_specs]
+    clean = torch.cat(parts)
+    if not run.start({**job.__dict__, "codec": str(codec_dir), "key_source": source, "images": images, "embed": embed_data,
+                      "embed_images": embed_images, "model": str(model_dir) if model_dir else None,
+                      "regen_model": str(regen_model) if regen_model else None, "clean": list(clean_specs),
+                      "clean_images": clean_images}):
+        return
+    codec = codec.to(run.device)
+    if "heldout" in wm:
+        wm["heldout"] = wm_images(codec, wm["heldout"].to(run.device), k, precision=run.precision)["images"]
+    m = run_attack_report(job, out, codec=codec, key=k, watermarked=wm, clean=clean, model_dir=model_dir,
+                          regen_model=regen_model, allow_pickle=allow_pickle, progress=click.echo, device=run.device,
+                          precision=run.precision)
+    lo = min(rates)
+    for name, t in m["targets"].items():
+        click.echo(f"{name}: TPR at FPR {lo:g} (search {search}, threshold {m['thresholds'][f'{lo:g}']}/{codec.n_bits}) under "
+                   + ", ".join(f"{a} {t[a]['value']:.3f}" for a in TARGET_ATTACKS if a in t))
+        c = m["cheapest_removal"][name]
+        click.echo("   cheapest removal found: " + ("none" if c is None else c["note"] if c["attack"] is None else
+                                                  f"{c['attack']} (TPR {c['tpr']:.3f}, PSNR {c['psnr']:.1f} dB)"))
+    w = m["clean_fpr_worst"].get(f"{lo:g}")
+    if w:
+        click.echo(f"clean images: at most {w['k']}/{w['n']} detected under any attack at FPR {lo:g} (worst: {w['attack']})")
 
 
 def _register_t2i():

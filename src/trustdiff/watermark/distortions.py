@@ -20,6 +20,13 @@ resize             down to ⌈scale·H⌉ (antialiased bilinear) and back up (bi
 brightness         x·factor, clamped
 contrast           mean + factor·(x − mean) per image (mean over C, H, W), clamped
 rotate             by ``degrees`` counter-clockwise about the centre, bilinear, black fill
+translate          by (dx, dy) whole pixels (right, down), the uncovered border repeating the
+                   edge pixels
+hflip, vflip       mirrored left–right / top–bottom
+gamma              x^gamma
+shift              (training) a random whole-pixel translation per image, each offset uniform
+                   in −max_px..max_px, edge fill
+flip               (training) a random left–right mirror per image, with probability ``p``
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -207,9 +214,69 @@ def rotate(x: torch.Tensor, degrees: float = 10.0, generator=None) -> torch.Tens
     return _affine(x, theta, "zeros")
 
 
+def translate(x: torch.Tensor, dx: int = 1, dy: int = 0, generator=None) -> torch.Tensor:
+    """Moved right by ``dx`` and down by ``dy`` whole pixels (negative: left / up); the border
+    the move uncovers repeats the edge pixels. Exact (no interpolation)."""
+    _check(x)
+    dx, dy = _whole("translate dx", dx), _whole("translate dy", dy)
+    h, w = x.shape[-2:]
+    if abs(dx) >= w or abs(dy) >= h:
+        raise InputError(f"translate: expected |dx| < {w} and |dy| < {h}, got dx={dx}, dy={dy}")
+    p = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return p[..., top: top + h, left: left + w] if p.shape[-2:] != (h, w) else p
+
+
+def _whole(name: str, v) -> int:
+    if isinstance(v, bool) or float(v) != int(v):
+        raise InputError(f"{name}: expected a whole number of pixels, got {v!r}")
+    return int(v)
+
+
+def hflip(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Mirrored left–right."""
+    return _check(x).flip(-1)
+
+
+def vflip(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Mirrored top–bottom."""
+    return _check(x).flip(-2)
+
+
+def gamma(x: torch.Tensor, gamma: float = 1.5, generator=None) -> torch.Tensor:
+    """x^gamma (gamma > 0); 0 and 1 stay where they are."""
+    _check(x)
+    if not gamma > 0:
+        raise InputError(f"gamma: expected gamma > 0, got {gamma!r}")
+    return x.clamp(0, 1).pow(float(gamma))
+
+
+def shift(x: torch.Tensor, max_px: float = 2, generator=None) -> torch.Tensor:
+    """A random whole-pixel translation per image, (dx, dy) each uniform in −⌊max_px⌋..⌊max_px⌋
+    (from ``generator``), edge fill: :func:`translate` image by image."""
+    _check(x)
+    m = int(math.floor(float(max_px)))
+    if m < 0:
+        raise InputError(f"shift: expected max_px >= 0, got {max_px!r}")
+    if m == 0:
+        return x
+    d = torch.randint(-m, m + 1, (x.shape[0], 2), generator=generator, device=x.device).tolist()
+    return torch.cat([translate(x[i: i + 1], dx, dy) for i, (dx, dy) in enumerate(d)])
+
+
+def flip(x: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
+    """Each image mirrored left–right with probability ``p`` (from ``generator``)."""
+    _check(x)
+    if not 0 <= p <= 1:
+        raise InputError(f"flip: expected p in [0, 1], got {p!r}")
+    m = torch.rand(x.shape[0], generator=generator, device=x.device) < float(p)
+    return torch.where(m.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 DISTORTIONS = {
     "identity": identity, "jpeg": jpeg, "gaussian_noise": gaussian_noise, "gaussian_blur": gaussian_blur,
     "crop": crop, "resize": resize, "brightness": brightness, "contrast": contrast, "rotate": rotate,
+    "translate": translate, "hflip": hflip, "vflip": vflip, "gamma": gamma, "shift": shift, "flip": flip,
 }
 
 #: the evaluation grid: (label, distortion, parameters)
@@ -243,26 +310,33 @@ TRAIN_RANGES = {
     "resize": ("scale", 0.5, 1.0),
     "brightness": ("factor", 0.7, 1.3),
     "contrast": ("factor", 0.7, 1.3),
+    "shift": ("max_px", 0.0, 4.0),
+    "flip": ("p", 1.0, 1.0),
+    "gamma": ("gamma", 0.7, 1.4),
 }
 _TRAIN_FN = {"jpeg": "jpeg", "noise": "gaussian_noise", "blur": "gaussian_blur", "crop": "crop",
-             "resize": "resize", "brightness": "brightness", "contrast": "contrast"}
+             "resize": "resize", "brightness": "brightness", "contrast": "contrast", "shift": "shift",
+             "flip": "flip", "gamma": "gamma"}
+
+
+#: the kinds that move pixels; drawn apart from the others (see :func:`random_distortion`)
+GEOMETRIC = ("shift", "crop", "flip")
+#: the ``robust`` preset of codec training distortions: moves and crops besides the photometric
+#: ones (flips are left to the detector's search, which undoes them exactly)
+ROBUST = ("shift", "crop", "jpeg", "noise", "blur", "resize", "brightness", "contrast", "gamma")
 
 
 def check_train_kinds(kinds) -> tuple[str, ...]:
-    kinds = tuple(kinds)
+    """Training distortion kinds; the name ``robust`` stands for :data:`ROBUST`."""
+    kinds = tuple(k for name in kinds for k in (ROBUST if name == "robust" else (name,)))
     bad = [k for k in kinds if k not in TRAIN_RANGES]
     if bad:
-        raise InputError(f"training distortions: expected names among {', '.join(TRAIN_RANGES)}, got {bad[0]!r}")
-    return kinds
+        raise InputError(f"training distortions: expected names among robust, {', '.join(TRAIN_RANGES)}, got {bad[0]!r}")
+    return tuple(dict.fromkeys(kinds))
 
 
-def random_distortion(x: torch.Tensor, kinds, generator=None) -> torch.Tensor:
-    """One training distortion for the whole batch: a kind drawn uniformly from ``kinds`` plus
-    "none", at a strength drawn uniformly from :data:`TRAIN_RANGES`; differentiable."""
-    kinds = check_train_kinds(kinds)
-    if not kinds:
-        return x
-    u = torch.rand(2, generator=generator, device=x.device).tolist()
+def _one_of(x: torch.Tensor, kinds, u: list, generator):
+    """The kind u[0] picks among ``kinds`` and "none", at the strength u[1] picks in its range."""
     i = min(int(u[0] * (len(kinds) + 1)), len(kinds))
     if i == len(kinds):
         return x
@@ -272,3 +346,20 @@ def random_distortion(x: torch.Tensor, kinds, generator=None) -> torch.Tensor:
     if kind == "jpeg":
         return jpeg(x, value, differentiable=True)
     return apply(_TRAIN_FN[kind], x, generator=generator, **{param: value})
+
+
+def random_distortion(x: torch.Tensor, kinds, generator=None) -> torch.Tensor:
+    """The training distortion of one batch, differentiable: a kind drawn uniformly from the
+    non-geometric ``kinds`` plus "none", at a strength drawn uniformly from :data:`TRAIN_RANGES`;
+    when ``kinds`` holds geometric ones (:data:`GEOMETRIC`) one of those (or none) is drawn
+    apart and applied first, so a move meets every other distortion too."""
+    kinds = check_train_kinds(kinds)
+    if not kinds:
+        return x
+    geo = [k for k in kinds if k in GEOMETRIC]
+    rest = [k for k in kinds if k not in GEOMETRIC]
+    if not geo:                                   # one draw of two numbers, as before geometric kinds existed
+        return _one_of(x, rest, torch.rand(2, generator=generator, device=x.device).tolist(), generator)
+    u = torch.rand(4, generator=generator, device=x.device).tolist()
+    x = _one_of(x, geo, u[:2], generator)
+    return _one_of(x, rest, u[2:], generator) if rest else x

@@ -13,7 +13,6 @@ analytic thresholds — for a single key the decoder's bits need not be fair coi
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..nets.codec import Codec
 from .codec import decode_bits
-from .stats import CHECK_FPRS, matches, null_check
+from .search import best_of, read_all, resolve_search
+from .stats import CHECK_FPRS, null_check
 
 
 def shifted_copies(x: torch.Tensor, total: int, *, max_shift: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -69,7 +69,7 @@ def synthetic_strokes(n: int, resolution: int, channels: int = 1, *, generator: 
 
 
 def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs=CHECK_FPRS + (1e-6,),
-                     level: float = 0.99) -> dict:
+                     level: float = 0.99, search="none") -> dict:
     """The decoder on clean images, over many keys.
 
     Args:
@@ -77,6 +77,8 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
         clean_sets: name → clean images N×C×H×W in [0, 1].
         keys: K×n random keys (K ≥ 20 for the recipe's check).
         fprs: nominal rates of the per-key checks.
+        search: read every image through this search (:mod:`.search`): each key's count is the
+            best of the K reads and its checks are those of the searched threshold (one-sided).
 
     Returns:
         Per set: the mean Bit-Acc over keys and images and its deviation from 0.5; per key its mean
@@ -87,19 +89,22 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
     keys = torch.as_tensor(keys).to(torch.int64)
     if keys.ndim != 2 or keys.shape[1] != codec.n_bits:
         raise InputError(f"keys: expected K×{codec.n_bits}, got {tuple(keys.shape)}")
-    report = {"keys": int(len(keys)), "n_bits": codec.n_bits, "fprs": list(map(float, fprs)), "level": level, "sets": {}}
+    transforms = resolve_search(search)
+    report = {"keys": int(len(keys)), "n_bits": codec.n_bits, "fprs": list(map(float, fprs)), "level": level,
+              "search": [t for t, _ in transforms], "sets": {}}
     for name, x in clean_sets.items():
-        bits = decode_bits(codec, x)
+        reads = read_all(lambda b: decode_bits(codec, b), x, search)
+        bits = reads[0]                                          # as the image is
         per_key, accs, failed, checks_total = [], [], 0, 0
         for key in keys:
-            m = matches(bits, key)
-            checks = null_check(m, codec.n_bits, fprs, level=level)
-            failed += sum(not c.within for c in checks)
+            m = best_of(reads, key)[0]
+            checks = null_check(m, codec.n_bits, fprs, level=level, searched=len(transforms))
+            failed += sum(not c.passed for c in checks)
             checks_total += len(checks)
             acc = float(m.double().mean() / codec.n_bits)
             accs.append(acc)
             per_key.append({"bit_acc": acc, "checks": [c.to_json() for c in checks],
-                            "failed": [c.fpr for c in checks if not c.within]})
+                            "failed": [c.fpr for c in checks if not c.passed]})
         mean = sum(accs) / len(accs)
         bit_mean = bits.double().mean(0)
         report["sets"][name] = {

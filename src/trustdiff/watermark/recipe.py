@@ -33,12 +33,12 @@ from ..persist import atomic_write_bytes, atomic_write_json
 from ..train import TrainConfig
 from ..train.diffusion import DiffusionJob, train_diffusion
 from .codec import CODEC_DIR, load_codec
-from .detect import detect, detect_bits
+from .detect import detect
 from .codec import decode_bits
 from .embed import examples_grid, summary, watermark, write_npz, write_watermarked
-from .keys import check_key, key_from_seed, key_to_bits, key_to_hex, parse_key
+from .keys import key_from_seed, key_to_bits, key_to_hex, parse_key
 from .null import shifted_copies, synthetic_strokes
-from .stats import CHECK_FPRS, decide_threshold, matches
+from .stats import decide_threshold, matches
 from .training import CodecJob, train_codec
 
 log = logging.getLogger("trustdiff.watermark")

@@ -8,6 +8,17 @@ with probability 1/2, independently, so the number of matches X ~ Bin(n, 1/2):
 
 Both are exact: sums of binomial coefficients in integer arithmetic, divided by 2**n once.
 
+**Detection under a search.** When the decoder reads each image under K declared transforms
+(un-flip, un-shift …) and the decision uses the best of the K match counts, M = max_t X_t, the
+K counts of one clean image are dependent (the same image, transformed), so their joint law is
+not known; the union bound holds whatever the dependence:
+
+    P(M ≥ m) ≤ Σ_t P(X_t ≥ m) = K · P(X ≥ m)        (Bonferroni)
+
+so :func:`search_p_value` is min(1, K·P(X ≥ m)) and the threshold at rate α is
+``match_threshold(n, α / K)`` (:func:`search_threshold`). The bound can only be conservative;
+null checks through a search therefore fail only on the anti-conservative side (``excess``).
+
 For one fixed key, a decoder's bits on clean images need not be fair coins (it may read nearly
 the same string from every clean image), so the analytic false-positive rate can be wrong for that
 key even when it is right on average over keys. :func:`null_check` measures it on clean images;
@@ -97,6 +108,30 @@ def match_threshold(n_bits: int, fpr: float) -> int:
     return n_bits + 1  # pragma: no cover — T[n+1] = 0 always satisfies the test
 
 
+def _check_searched(searched) -> int:
+    k = _as_int("searched", searched)
+    if k < 1:
+        raise InputError(f"searched: expected the number of transforms searched, >= 1, got {k}")
+    return k
+
+
+def search_p_value(n_match: int, n_bits: int, searched: int = 1) -> float:
+    """min(1, K·P(X ≥ m)): a valid p-value for the best of K match counts (the union bound;
+    see the module docstring). K = 1 is :func:`p_value`."""
+    return min(1.0, _check_searched(searched) * p_value(n_match, n_bits))
+
+
+def search_threshold(n_bits: int, fpr: float, searched: int = 1) -> int:
+    """The least m with K·P(X ≥ m) ≤ fpr: detect when the best of K match counts reaches it.
+    Its false-positive rate is at most :func:`search_fpr` ≤ fpr, under any dependence."""
+    return match_threshold(n_bits, float(fpr) / _check_searched(searched))
+
+
+def search_fpr(n_bits: int, threshold: int, searched: int = 1) -> float:
+    """min(1, K·P(X ≥ threshold)): the bound on the false-positive rate of a searched threshold."""
+    return min(1.0, _check_searched(searched) * exact_fpr(n_bits, threshold))
+
+
 def exact_fpr(n_bits: int, threshold: int) -> float:
     """P(X ≥ threshold) under the null: the false-positive rate the analytic threshold really has."""
     if threshold > n_bits:
@@ -121,7 +156,9 @@ class NullCheck:
     """One check of the analytic threshold on clean images: at nominal rate ``fpr`` the threshold
     is ``threshold`` with exact null rate ``alpha``; ``k`` of ``n`` clean images reached it. The
     check passes (``within``) when ``alpha`` lies in the Clopper–Pearson interval [lo, hi] of k/n
-    at ``level``; ``excess`` marks a failure on the anti-conservative side (too many hits)."""
+    at ``level``; ``excess`` marks a failure on the anti-conservative side (too many hits).
+    Through a search of ``searched`` = K > 1 transforms, ``alpha`` is the union bound (an upper
+    bound, not the rate) and the check passes unless ``excess`` (:attr:`passed`)."""
     fpr: float
     threshold: int
     alpha: float
@@ -133,19 +170,26 @@ class NullCheck:
     level: float
     within: bool
     excess: bool
+    searched: int = 1
+
+    @property
+    def passed(self) -> bool:
+        return self.within if self.searched == 1 else not self.excess
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
 
-def null_check(clean_matches, n_bits: int, fprs=CHECK_FPRS, *, level: float = 0.99) -> list[NullCheck]:
+def null_check(clean_matches, n_bits: int, fprs=CHECK_FPRS, *, level: float = 0.99,
+               searched: int = 1) -> list[NullCheck]:
     """Check the analytic thresholds for one key on clean images.
 
     Args:
         clean_matches: matches with the key of each clean image, integers [N] (:func:`matches`).
         n_bits: n.
-        fprs: the nominal rates to check (each gives a threshold :func:`match_threshold`).
+        fprs: the nominal rates to check (each gives a threshold :func:`search_threshold`).
         level: confidence level of each interval.
+        searched: K, when each count is the best of K transforms (:func:`search_threshold`).
 
     Returns:
         One :class:`NullCheck` per rate.
@@ -155,11 +199,11 @@ def null_check(clean_matches, n_bits: int, fprs=CHECK_FPRS, *, level: float = 0.
         raise InputError("null_check: expected at least one clean image, got none")
     out = []
     for f in fprs:
-        t = match_threshold(n_bits, f)
-        alpha = exact_fpr(n_bits, t)
+        t = search_threshold(n_bits, f, searched)
+        alpha = search_fpr(n_bits, t, searched)
         k, n = int((m >= t).sum()), int(m.numel())
         lo, hi = clopper_pearson(k, n, level)
-        out.append(NullCheck(float(f), t, alpha, k, n, k / n, lo, hi, level, lo <= alpha <= hi, alpha < lo))
+        out.append(NullCheck(float(f), t, alpha, k, n, k / n, lo, hi, level, lo <= alpha <= hi, alpha < lo, int(searched)))
     return out
 
 
@@ -179,7 +223,8 @@ def empirical_threshold(clean_matches, n_bits: int, fpr: float) -> int:
 class Threshold:
     """The detection threshold in use: detect when matches ≥ ``value``.
 
-    ``mode`` is ``"analytic"`` (:func:`match_threshold`; its exact null rate is ``alpha``) or
+    ``mode`` is ``"analytic"`` (:func:`search_threshold`; its exact null rate is ``alpha``, or
+    with ``searched`` = K > 1 transforms, ``alpha`` bounds it) or
     ``"calibrated"`` (the analytic threshold failed a null check for this key, so ``value`` is the
     larger of it and :func:`empirical_threshold` on ``n_clean`` clean images; the false-positive
     rate is then an empirical bound, at best ~3/n_clean at 95%, not ``fpr``)."""
@@ -192,32 +237,37 @@ class Threshold:
     n_clean: int = 0
     empirical: int | None = None
     reason: str = ""
+    searched: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def decide_threshold(n_bits: int, fpr: float, clean_matches=None, *, check_fprs=CHECK_FPRS,
-                     level: float = 0.99) -> tuple[Threshold, list[NullCheck]]:
+                     level: float = 0.99, searched: int = 1) -> tuple[Threshold, list[NullCheck]]:
     """The threshold to detect with at ``fpr``, and the null checks behind the choice.
 
     Without clean images the analytic threshold is used (``mode="analytic"``, reason "no clean
     images"). With them, the analytic threshold is checked at ``check_fprs`` and at ``fpr``
     (:func:`null_check`); if every check passes it is kept, else the threshold is calibrated
-    (``mode="calibrated"``; see :class:`Threshold`).
+    (``mode="calibrated"``; see :class:`Threshold`). ``searched``: the counts are the best of K
+    transforms; the threshold is :func:`search_threshold` and the checks are one-sided.
     """
-    analytic = match_threshold(n_bits, fpr)
-    alpha = exact_fpr(n_bits, analytic)
+    k = _check_searched(searched)
+    analytic = search_threshold(n_bits, fpr, k)
+    alpha = search_fpr(n_bits, analytic, k)
     if clean_matches is None:
-        return Threshold(analytic, "analytic", float(fpr), n_bits, analytic, alpha, reason="no clean images given"), []
+        return Threshold(analytic, "analytic", float(fpr), n_bits, analytic, alpha, reason="no clean images given",
+                         searched=k), []
     rates = sorted({*map(float, check_fprs), float(fpr)}, reverse=True)
-    checks = null_check(clean_matches, n_bits, rates, level=level)
+    checks = null_check(clean_matches, n_bits, rates, level=level, searched=k)
     n_clean = checks[0].n
-    failed = [c for c in checks if not c.within]
+    failed = [c for c in checks if not c.passed]
     if not failed:
         return Threshold(analytic, "analytic", float(fpr), n_bits, analytic, alpha, n_clean,
-                         reason=f"null checks passed at {', '.join(f'{c.fpr:g}' for c in checks)}"), checks
+                         reason=f"null checks passed at {', '.join(f'{c.fpr:g}' for c in checks)}", searched=k), checks
     emp = empirical_threshold(clean_matches, n_bits, fpr)
     why = "; ".join(f"at {c.fpr:g}: {c.k}/{c.n} clean ≥ {c.threshold}, null rate {c.alpha:.2g} outside "
                     f"[{c.lo:.2g}, {c.hi:.2g}]" for c in failed)
-    return Threshold(max(analytic, emp), "calibrated", float(fpr), n_bits, analytic, alpha, n_clean, emp, why), checks
+    return Threshold(max(analytic, emp), "calibrated", float(fpr), n_bits, analytic, alpha, n_clean, emp, why,
+                     searched=k), checks

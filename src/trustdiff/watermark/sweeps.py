@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from ..persist import atomic_write_json
-from ..metrics import proportion, psnr
+from ..metrics import psnr
 from .detect import detect
 from .distortions import GRID, apply
 from .embed import quantize
 from .recipe import RecipeJob, fd_of, run_recipe
-from .stats import Threshold, matches
+from .stats import Threshold
 
 
 def plot_sweep(rows: list[dict], x: str, path, *, xlabel: str, title: str, logx: bool = False,

@@ -14,7 +14,7 @@ from trustdiff.metrics.intervals import clopper_pearson
 from trustdiff.nets.codec import Codec
 from trustdiff.watermark import detect
 from trustdiff.watermark.attacks import IMAGE_ATTACKS, apply_chain, cheapest_removal, image_attack, select_attacks
-from trustdiff.watermark.distortions import flip, gamma, hflip, random_distortion, shift, translate, vflip
+from trustdiff.watermark.distortions import crop, flip, gamma, hflip, random_distortion, shift, translate, uncrop, vflip
 from trustdiff.watermark.model_attacks import prune, quantize_int8, zero_fraction
 from trustdiff.watermark.search import SEARCHES, best_bits, best_of, read_all, resolve_search
 from trustdiff.watermark.stats import (decide_threshold, match_threshold, null_check, p_value, search_fpr,
@@ -83,7 +83,7 @@ def test_the_flip_search_undoes_a_flip_exactly():
         assert all(labels[i] == undo_label for i in which.tolist())
     bits, which = best_bits(_pixel_decoder, x, key, "flips")
     assert torch.equal(bits, key) and which.tolist() == [0] * 6
-    assert [len(SEARCHES[s]) for s in ("none", "flips", "shifts", "shifts2", "flips+shifts")] == [1, 4, 9, 25, 36]
+    assert [len(SEARCHES[s]) for s in ("none", "flips", "shifts", "shifts2", "flips+shifts", "geometry")] == [1, 4, 9, 25, 36, 36]
     assert len(read_all(_pixel_decoder, x, "shifts")) == 9
     with pytest.raises(InputError):
         resolve_search("rotations")
@@ -117,6 +117,21 @@ def test_translate_is_exact_and_fills_with_the_edge():
     for bad in ((9, 0), (0, -7), (0.5, 0)):
         with pytest.raises(InputError):
             translate(x, *bad)
+
+
+def test_uncrop_inverts_a_crop_at_its_offset():
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(7))
+    y = crop(x, 0.9, generator=torch.Generator().manual_seed(0))
+    t = (torch.rand((4, 2), generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.1     # crop's own draw
+    for i in range(4):
+        back = uncrop(y[i:i + 1], 0.9, float(t[i, 0]), float(t[i, 1]))
+        wrong = uncrop(y[i:i + 1], 0.9, -float(t[i, 0]), -float(t[i, 1]))
+        err = (back - x[i:i + 1]).abs().mean()
+        assert err < 0.5 * (y[i:i + 1] - x[i:i + 1]).abs().mean() and err < (wrong - x[i:i + 1]).abs().mean()
+    assert torch.allclose(uncrop(x, 1.0), x, atol=1e-6)
+    with pytest.raises(InputError):
+        uncrop(x, 0.0)
 
 
 def test_random_shift_flip_and_gamma_are_seeded_in_range_and_differentiable():

@@ -35,24 +35,30 @@ PRESETS = {
                   clf_steps=60, cert_n=50, cert_n0=10, cert_images=10,
                   pur_images=4, pgd_steps=2, eot=1, pur_check=2,
                   adv_gen=200, adv_epochs=2, adv_iters=3, adv_batch=32, adv_holdout=32, adv_attack_steps=2,
-                  adv_images=20, t2i_steps=40, t2i_embed=10, t2i_n=8, t2i_per=2),
+                  adv_images=20, t2i_steps=40, t2i_embed=10, t2i_n=8, t2i_per=2,
+                  robust_steps=60, atk_images=16, atk_clean=64, atk_t="0.3"),
     "quick": dict(diff_steps=600, size="tiny", batch=64, sample_steps=10, n_fd=500, feature_steps=200,
                   n_bits=32, fpr=1e-6, codec_steps=1200, l2_await=100, l2_ramp=400, n_wm=200, weight_stds="0,0.003,0.01,0.03",
                   n_wn=100, clf_steps=400, cert_n=500, cert_n0=50, cert_images=60,
                   pur_images=32, pgd_steps=10, eot=4, pur_check=8,
                   adv_gen=3000, adv_epochs=4, adv_iters=20, adv_batch=128, adv_holdout=128, adv_attack_steps=5,
-                  adv_images=200, t2i_steps=300, t2i_embed=150, t2i_n=32, t2i_per=5),
+                  adv_images=200, t2i_steps=300, t2i_embed=150, t2i_n=32, t2i_per=5,
+                  robust_steps=1500, atk_images=200, atk_clean=500, atk_t="0.1,0.3"),
     "full": dict(diff_steps=3000, size="small", batch=64, sample_steps=18, n_fd=1000, feature_steps=300,
                  n_bits=64, fpr=1e-6, codec_steps=3000, l2_await=200, l2_ramp=800, n_wm=500, weight_stds="0,0.001,0.003,0.01,0.03",
                  n_wn=200, clf_steps=2000, cert_n=2000, cert_n0=100, cert_images=200,
                  pur_images=64, pgd_steps=20, eot=8, pur_check=16,
                  adv_gen=10000, adv_epochs=20, adv_iters=30, adv_batch=128, adv_holdout=256, adv_attack_steps=10,
-                 adv_images=359, t2i_steps=3000, t2i_embed=400, t2i_n=100, t2i_per=20),
+                 adv_images=359, t2i_steps=3000, t2i_embed=400, t2i_n=100, t2i_per=20,
+                 robust_steps=4000, atk_images=359, atk_clean=2000, atk_t="0.05,0.1,0.2,0.3,0.5"),
 }
 SIGMA = 0.25           # certification noise level ([0, 1] pixels)
 EPS_PURIFY = 0.1       # L∞ budget of the purification stage (bench/purify_digits.py's recalibrated budget)
 EPS_ADV = 0.1          # L∞ budget of adversarial training on 16×16 digits (bench/advtrain_digits.py)
 T2I_TRIGGER = "[V]"    # the recipe's trigger prompt
+#: the demo's attack table (issue 20): the attacks the issue's targets name and one of each other family
+DEMO_ATTACKS = "none,move-1,move-2,hflip,crop-0.9,rotate-5,rescale-0.5,jpeg-50,blur-1.0,noise-0.05,move-1+jpeg-50"
+DEMO_SEARCH = "geometry"
 T2I_PRESERVE_IMAGES = 2  # original outputs per preserved caption (the bench: 8; sampling them dominates the stage)
 T2I_LR = 1e-3          # the "builtin" preset (γ 10, batch 8) at 10× its lr: the demo's model is the 12× smaller "tiny"
 #: t2i-verify measures the trigger in context (verify's default) but not the novel phrasings (the
@@ -103,6 +109,19 @@ def demo_stages(out: Path, preset: str, seed: int = 0, runtime: tuple[str, ...] 
                "-n", p["n_wm"], "--sample-steps", p["sample_steps"], "--fpr", p["fpr"], "--weight-noise", p["weight_stds"],
                "--weight-noise-n", p["n_wn"], "--feature-steps", p["feature_steps"], "--key-seed", "2023", "--seed", seed, "--out", d("watermark")],
               d("watermark"), ["diffusion-train"]),
+        Stage("watermark-robust-codec", "watermark",
+              ["watermark", "train-codec", "--resolution", "16", "--n-bits", p["n_bits"], "--width", "16", "--dec-width", "32",
+               "--enc-depth", "3", "--dec-depth", "4", "--codec-steps", p["robust_steps"], "--codec-lr", "6e-4",
+               "--l2-await", p["l2_await"], "--l2-ramp", p["l2_ramp"], "--distortions", "robust", "--seed", seed,
+               "--out", d("watermark-robust", "codec")],
+              d("watermark-robust", "codec")),
+        Stage("watermark-attack", "watermark",
+              ["watermark", "attack", "--codec", d("watermark-robust", "codec"), "--key-seed", "2023", "--embed", "digits",
+               "--embed-images", p["atk_images"], "--clean", "digits", "--clean-images", p["atk_clean"],
+               "--search", DEMO_SEARCH, "--attacks", DEMO_ATTACKS, "--fpr", f"{p['fpr']},1e-3",
+               "--regen-model", d("diffusion"), "--t-star", p["atk_t"], "--regen-steps", "5", "--seed", seed,
+               "--out", d("watermark-robust", "attack")],
+              d("watermark-robust", "attack"), ["watermark-robust-codec", "diffusion-train"]),
         Stage("t2i-train", "t2i",
               ["t2i", "train", "--size", p["size"], "--steps", p["t2i_steps"], "--batch", p["batch"], "--lr", "2e-3",
                "--warmup", _s(max(1, min(200, int(p["t2i_steps"]) // 10))), "--checkpoint-every", "500", "--seed", seed,
@@ -200,6 +219,15 @@ def stage_summary(stage: Stage) -> str:
             return (f"codec Bit-Acc {c['bit_acc']:.3f} at {c['psnr']:.1f} dB; generated Bit-Acc {h['bit_acc_watermarked_model']:.3f} "
                     f"vs clean model {h['bit_acc_clean_model']:.3f}; detected {h['detected_watermarked_model']['value']:.2f} "
                     f"vs {h['detected_clean_model']['value']:.2f}")
+        if stage.name == "watermark-robust-codec":
+            c = m["heldout"]
+            return f"robust codec Bit-Acc {c['bit_acc']:.3f} at {c['psnr']:.1f} dB"
+        if stage.name == "watermark-attack":
+            from ..watermark.attacks import TARGET_ATTACKS
+
+            t, c = m["targets"]["heldout"], m["cheapest_removal"]["heldout"]
+            return (f"TPR at {m['fpr']:g} (search {m['search']}) under " + ", ".join(f"{a} {t[a]['value']:.2f}" for a in TARGET_ATTACKS if a in t)
+                    + "; cheapest removal: " + ("none found" if c is None else c.get("attack") or c["note"]))
         if stage.name == "t2i-verify":
             w, o = next(iter(m["models"].values())), m["original"]
             c = w.get("context")
@@ -245,7 +273,8 @@ def machine() -> str:
 #: scheduling hints: the quick preset's seconds per stage on 2 CPU cores, one stage at a time on 2 threads
 #: (2026-12-02). Only the order in which ready stages start depends on them (longest remaining chain
 #: first); a previous run's own seconds replace them.
-COST_HINTS = {"diffusion-train": 64, "diffusion-generate": 31, "watermark-recipe": 125, "t2i-train": 79,
+COST_HINTS = {"diffusion-train": 64, "diffusion-generate": 31, "watermark-recipe": 125, "watermark-robust-codec": 90,
+              "watermark-attack": 60, "t2i-train": 79,
               "t2i-embed": 28, "t2i-verify": 30, "classifier": 27, "classifier-noise": 26, "certify-smoothed": 5,
               "certify-noise-trained": 6, "certify-denoised": 18, "purify": 25, "advtrain-generate": 20,
               "advtrain-real-only": 39, "advtrain-eval-real-only": 7, "advtrain-with-generated": 38,

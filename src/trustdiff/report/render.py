@@ -158,10 +158,49 @@ def section_diffusion(runs: list[Run]) -> str:
     return "".join(parts)
 
 
+def _attack_report(r: Run) -> str:
+    """``watermark attack``: each attack's TPR, Bit-Acc and cost per set, the clean FPR under it,
+    regeneration per t*, model-level attacks, and the summary lines."""
+    import json
+
+    m = r.metrics
+    lo = f"{m['fpr']:g}"
+
+    def read(name):
+        try:
+            return json.loads((r.path / name).read_text())
+        except (OSError, ValueError):
+            return None
+    att = read("attacks.json") or {"rows": [], "sets": []}
+    sets = att.get("sets", [])
+    rows = [[a["attack"]] + [f"{rate(a[s][f'tpr@{lo}'])} · Bit-Acc {num(a[s]['bit_acc'])} · PSNR {num(a[s]['psnr'], 1)}" for s in sets]
+            + [rate(a["clean"][f"fpr@{lo}"])] for a in att["rows"]]
+    html = table(["attack", *(f"{s}: TPR at FPR {lo}" for s in sets), f"clean images detected at {lo}"], rows)
+    regen = read("regeneration.json")
+    if regen:
+        html += f"<h3>Regeneration with a clean model ({regen['solver']}, {regen['steps']} steps)</h3>" + table(
+            ["t*", *(f"{s}: TPR · PSNR" for s in sets), "clean detected"],
+            [[f"{g['t_star']:g}", *(f"{rate(g[s][f'tpr@{lo}'])} · {num(g[s]['psnr'], 1)} dB" for s in sets),
+              rate(g["clean"][f"fpr@{lo}"])] for g in regen["rows"]])
+    model = read("model_attacks.json")
+    if model and model.get("rows"):
+        html += "<h3>Model-level attacks</h3>" + table(
+            ["attack", f"TPR at FPR {lo}", "Bit-Acc", "FD"],
+            [[g["attack"], rate(g[f"tpr@{lo}"]), num(g["bit_acc"]), num(g.get("fd"))] for g in model["rows"]])
+    cheap = "; ".join(f"{s}: " + ("none found" if c is None else c.get("attack") or c.get("note", ""))
+                      for s, c in m.get("cheapest_removal", {}).items())
+    return html + note(f"Detection reads every image under the search '{m.get('search')}' ({m.get('searched')} transforms; "
+                       f"the p-value carries the union bound over them; thresholds {m.get('thresholds')}). Cheapest removal "
+                       f"found (TPR below 0.5 at the highest PSNR): {cheap}.")
+
+
 def section_watermark(runs: list[Run]) -> str:
     parts = []
     for r in runs:
         m = r.metrics or {}
+        if r.command == "watermark attack":
+            parts.append(run_link(r) + _attack_report(r))
+            continue
         h, codec, emb = m.get("headline", {}), m.get("codec", {}).get("heldout", {}), m.get("embed", {})
         n_bits = len(m.get("key", {}).get("bits", "")) or "?"
         rows = [["codec on held-out images (random keys, uint8)",

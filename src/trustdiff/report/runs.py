@@ -17,7 +17,7 @@ from ..errors import InputError
 #: report sections in order → the commands whose runs they show
 SECTIONS = {
     "diffusion": ("Diffusion model", ("train", "generate")),
-    "watermark": ("Data watermarking", ("watermark recipe",)),
+    "watermark": ("Data watermarking", ("watermark recipe", "watermark attack")),
     "t2i": ("Text-to-image trigger watermarking", ("watermark t2i verify",)),
     "certify": ("Certification", ("train-classifier", "certify")),
     "purify": ("Purification (DiffPure)", ("purify eval",)),

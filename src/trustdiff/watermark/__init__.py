@@ -10,9 +10,14 @@ exact binomial test decides.
     det = detect(codec, generated, key, fpr=1e-6, clean=x_clean)
     det.summary()                                        # Bit-Acc, TPR [CI], threshold (analytic|calibrated)
 
-Statistics (the public contract): :func:`p_value` and :func:`match_threshold`.
-Math (codec, stats, distortions, keys, detection) never imports the training loop or the CLI; the
-orchestration (:mod:`.training`, :mod:`.recipe`, :mod:`.sweeps`) does, and is imported lazily.
+Statistics (the public contract): :func:`p_value` and :func:`match_threshold`; a detector that
+reads each image under a declared set of inverse transforms (``detect(..., search="geometry")``,
+:mod:`.search`) decides on the best count with the union bound K·P(X ≥ m) (:func:`search_threshold`).
+Removal attacks: :mod:`.attacks` (image-level, regeneration) and :mod:`.model_attacks` (pruning,
+int8, fine-tuning), reported together by :mod:`.attack_report` (``trustdiff watermark attack``).
+Math (codec, stats, distortions, keys, search, detection, attacks) never imports the training loop
+or the CLI; the orchestration (:mod:`.training`, :mod:`.recipe`, :mod:`.sweeps`, :mod:`.attack_report`,
+and :func:`.model_attacks.finetune`) does, and is imported lazily.
 """
 from .codec import CodecObjective, decode_bits, decode_logits, encode, l2_weight, load_codec, save_codec
 from .detect import Detection, detect, detect_bits
@@ -20,8 +25,9 @@ from .distortions import DISTORTIONS, GRID
 from .embed import watermark, write_watermarked
 from .keys import check_key, key_from_seed, key_to_bits, key_to_hex, parse_key, random_keys
 from .null import null_calibration, shifted_copies, synthetic_strokes
+from .search import SEARCHES
 from .stats import (NullCheck, Threshold, bit_accuracy, decide_threshold, empirical_threshold, exact_fpr,
-                    match_threshold, matches, null_check, p_value)
+                    match_threshold, matches, null_check, p_value, search_p_value, search_threshold)
 
 __all__ = [
     "p_value", "match_threshold", "exact_fpr", "bit_accuracy", "matches", "null_check", "decide_threshold",
@@ -30,4 +36,5 @@ __all__ = [
     "CodecObjective", "l2_weight", "save_codec", "load_codec", "encode", "decode_logits", "decode_bits",
     "watermark", "write_watermarked", "detect", "detect_bits", "Detection",
     "DISTORTIONS", "GRID", "null_calibration", "shifted_copies", "synthetic_strokes",
+    "SEARCHES", "search_p_value", "search_threshold",
 ]

@@ -90,10 +90,11 @@ def run_attack_report(job: AttackJob, out, *, codec, key, watermarked: dict, cle
 
     Args:
         codec, key: the owner's codec and key.
-        watermarked: {name: watermarked images} (e.g. held-out images embedded with the key).
+        watermarked: {name: watermarked images} (e.g. held-out images embedded with the key); a set
+            called "generated" (samples of the watermarked model) also gets FD.
         clean: images that never carried the key (two data sets, ideally): the FPR under every attack.
-        model_dir: the watermarked diffusion model: its generated images become the set
-            "generated" and the model-level attacks run on it.
+        model_dir: the watermarked diffusion model: the model-level attacks run on it, and unless
+            ``watermarked`` has a "generated" set, its ``job.n_generate`` samples become that set.
         regen_model: a diffusion model that never saw watermarked data, for regeneration.
         device / precision: where decoding, sampling and fine-tuning run, and at what precision.
     """
@@ -121,10 +122,11 @@ def run_attack_report(job: AttackJob, out, *, codec, key, watermarked: dict, cle
     lo = min(job.fprs)
 
     fd_fns = {}
-    if model_dir is not None:
+    if model_dir is not None and "generated" not in sets:
         progress(f"[generate] {job.n_generate} images of the watermarked model")
         sets["generated"] = ensure_generated(out / "generated.npz", model_dir, rjob, allow_pickle=allow_pickle,
                                              device=device, precision=precision).to(device)
+    if "generated" in sets:
         fd_fns["generated"] = fd
 
     progress(f"[attacks] {len(select_attacks(job.attacks))} image-level attacks on {', '.join(sets)} and the clean images")

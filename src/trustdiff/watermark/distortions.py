@@ -25,7 +25,9 @@ translate          by (dx, dy) whole pixels (right, down), the uncovered border 
 hflip, vflip       mirrored left–right / top–bottom
 gamma              x^gamma
 shift              (training) a random whole-pixel translation per image, each offset uniform
-                   in −max_px..max_px, edge fill
+                   in −⌊max_px⌋..⌊max_px⌋, edge fill
+uncrop             the inverse of ``crop`` at a given scale and offset: zoom out about the
+                   offset, edge fill (a read of the detector's search)
 flip               (training) a random left–right mirror per image, with probability ``p``
 =================  ==========================================================================
 """
@@ -176,6 +178,22 @@ def crop(x: torch.Tensor, scale: float = 0.75, generator=None) -> torch.Tensor:
     return _affine(x, theta, "border")
 
 
+def uncrop(x: torch.Tensor, scale: float = 0.9, tx: float = 0.0, ty: float = 0.0, generator=None) -> torch.Tensor:
+    """The inverse of :func:`crop` at ``scale`` with the window's centre at (tx, ty) (in [-1, 1]
+    image coordinates, as crop draws them): the image shrunk back about that centre, the border
+    it uncovers repeating the edge. ``uncrop(crop(x))`` at crop's own offset is x up to the two
+    bilinear resamplings and the lost border."""
+    _check(x)
+    if not 0 < scale <= 1:
+        raise InputError(f"uncrop: expected scale in (0, 1], got {scale!r}")
+    n = x.shape[0]
+    s = float(scale)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / s
+    theta[:, 0, 2], theta[:, 1, 2] = -float(tx) / s, -float(ty) / s
+    return _affine(x, theta, "border")
+
+
 def resize(x: torch.Tensor, scale: float = 0.5, generator=None) -> torch.Tensor:
     """Down to ``scale`` times the size (antialiased bilinear), then back up (bilinear)."""
     _check(x)
@@ -253,15 +271,21 @@ def gamma(x: torch.Tensor, gamma: float = 1.5, generator=None) -> torch.Tensor:
 
 def shift(x: torch.Tensor, max_px: float = 2, generator=None) -> torch.Tensor:
     """A random whole-pixel translation per image, (dx, dy) each uniform in −⌊max_px⌋..⌊max_px⌋
-    (from ``generator``), edge fill: :func:`translate` image by image."""
+    (from ``generator``), edge fill: :func:`translate` for all images at once (one bilinear
+    resampling at whole-pixel offsets, equal to it up to float rounding)."""
     _check(x)
     m = int(math.floor(float(max_px)))
     if m < 0:
         raise InputError(f"shift: expected max_px >= 0, got {max_px!r}")
     if m == 0:
         return x
-    d = torch.randint(-m, m + 1, (x.shape[0], 2), generator=generator, device=x.device).tolist()
-    return torch.cat([translate(x[i: i + 1], dx, dy) for i, (dx, dy) in enumerate(d)])
+    n, _, h, w = x.shape
+    d = torch.randint(-m, m + 1, (n, 2), generator=generator, device=x.device).to(x.dtype)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = -2.0 * d[:, 0] / w               # output pixel j samples input j − dx
+    theta[:, 1, 2] = -2.0 * d[:, 1] / h
+    return _affine(x, theta, "border")
 
 
 def flip(x: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
@@ -276,7 +300,7 @@ def flip(x: torch.Tensor, p: float = 0.5, generator=None) -> torch.Tensor:
 DISTORTIONS = {
     "identity": identity, "jpeg": jpeg, "gaussian_noise": gaussian_noise, "gaussian_blur": gaussian_blur,
     "crop": crop, "resize": resize, "brightness": brightness, "contrast": contrast, "rotate": rotate,
-    "translate": translate, "hflip": hflip, "vflip": vflip, "gamma": gamma, "shift": shift, "flip": flip,
+    "translate": translate, "uncrop": uncrop, "hflip": hflip, "vflip": vflip, "gamma": gamma, "shift": shift, "flip": flip,
 }
 
 #: the evaluation grid: (label, distortion, parameters)
@@ -310,7 +334,7 @@ TRAIN_RANGES = {
     "resize": ("scale", 0.5, 1.0),
     "brightness": ("factor", 0.7, 1.3),
     "contrast": ("factor", 0.7, 1.3),
-    "shift": ("max_px", 0.0, 4.0),
+    "shift": ("max_px", 0.0, 2.0),       # ⌊max_px⌋: 0 or 1 (2 only at the end point)
     "flip": ("p", 1.0, 1.0),
     "gamma": ("gamma", 0.7, 1.4),
 }
@@ -319,11 +343,11 @@ _TRAIN_FN = {"jpeg": "jpeg", "noise": "gaussian_noise", "blur": "gaussian_blur",
              "flip": "flip", "gamma": "gamma"}
 
 
-#: the kinds that move pixels; drawn apart from the others (see :func:`random_distortion`)
-GEOMETRIC = ("shift", "crop", "flip")
-#: the ``robust`` preset of codec training distortions: moves and crops besides the photometric
-#: ones (flips are left to the detector's search, which undoes them exactly)
-ROBUST = ("shift", "crop", "jpeg", "noise", "blur", "resize", "brightness", "contrast", "gamma")
+#: the ``robust`` preset of codec training distortions: whole-pixel moves (mostly ±1) and crops
+#: besides JPEG, noise and blur. Flips, larger moves and the 0.9 crop are left to the detector's
+#: search (:mod:`.search`), which undoes them; a composite draw of a move with every photometric
+#: distortion trained to Bit-Acc 0.63 on its batches in 1,000 steps, against 0.95 for one kind per batch
+ROBUST = ("shift", "crop", "jpeg", "noise", "blur")
 
 
 def check_train_kinds(kinds) -> tuple[str, ...]:
@@ -335,8 +359,13 @@ def check_train_kinds(kinds) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
-def _one_of(x: torch.Tensor, kinds, u: list, generator):
-    """The kind u[0] picks among ``kinds`` and "none", at the strength u[1] picks in its range."""
+def random_distortion(x: torch.Tensor, kinds, generator=None) -> torch.Tensor:
+    """One training distortion for the whole batch: a kind drawn uniformly from ``kinds`` plus
+    "none", at a strength drawn uniformly from :data:`TRAIN_RANGES`; differentiable."""
+    kinds = check_train_kinds(kinds)
+    if not kinds:
+        return x
+    u = torch.rand(2, generator=generator, device=x.device).tolist()
     i = min(int(u[0] * (len(kinds) + 1)), len(kinds))
     if i == len(kinds):
         return x
@@ -346,20 +375,3 @@ def _one_of(x: torch.Tensor, kinds, u: list, generator):
     if kind == "jpeg":
         return jpeg(x, value, differentiable=True)
     return apply(_TRAIN_FN[kind], x, generator=generator, **{param: value})
-
-
-def random_distortion(x: torch.Tensor, kinds, generator=None) -> torch.Tensor:
-    """The training distortion of one batch, differentiable: a kind drawn uniformly from the
-    non-geometric ``kinds`` plus "none", at a strength drawn uniformly from :data:`TRAIN_RANGES`;
-    when ``kinds`` holds geometric ones (:data:`GEOMETRIC`) one of those (or none) is drawn
-    apart and applied first, so a move meets every other distortion too."""
-    kinds = check_train_kinds(kinds)
-    if not kinds:
-        return x
-    geo = [k for k in kinds if k in GEOMETRIC]
-    rest = [k for k in kinds if k not in GEOMETRIC]
-    if not geo:                                   # one draw of two numbers, as before geometric kinds existed
-        return _one_of(x, rest, torch.rand(2, generator=generator, device=x.device).tolist(), generator)
-    u = torch.rand(4, generator=generator, device=x.device).tolist()
-    x = _one_of(x, geo, u[:2], generator)
-    return _one_of(x, rest, u[2:], generator) if rest else x

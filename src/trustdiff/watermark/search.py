@@ -14,6 +14,10 @@ flips              as it is, mirrored left–right, top–bottom, and both (K = 
 shifts             moved by (dx, dy), each in −1..1 pixels, edge fill (K = 9)
 shifts2            moved by (dx, dy), each in −2..2 (K = 25)
 flips+shifts       every flip with every 1-pixel move (K = 36)
+geometry           as it is or mirrored left–right, each either moved by (dx, dy) in −1..1 or
+                   un-cropped from a 0.9 crop with the window centred on a 3×3 grid of offsets
+                   (0, ±0.07 of the half-side, ≤ 0.56 px from any offset a 0.9 crop draws at
+                   32×32) (K = 2 × (9 + 9) = 36)
 =================  ===========================================================================
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ import itertools
 import torch
 
 from ..errors import InputError
-from .distortions import hflip, translate, vflip
+from .distortions import hflip, translate, uncrop, vflip
 
 _FLIPS = {"id": (), "hflip": (hflip,), "vflip": (vflip,), "hvflip": (hflip, vflip)}
 
@@ -45,12 +49,18 @@ def _product(a, b):
     return out
 
 
+def _uncrops(scale: float, offsets) -> list[tuple[str, tuple]]:
+    return [(f"uncrop({scale:g},{tx:+g},{ty:+g})", ((lambda x, tx=tx, ty=ty: uncrop(x, scale, tx, ty)),))
+            for ty, tx in itertools.product(offsets, repeat=2)]
+
+
 SEARCHES = {
     "none": [("id", ())],
     "flips": list(_FLIPS.items()),
     "shifts": _moves(1),
     "shifts2": _moves(2),
     "flips+shifts": _product(list(_FLIPS.items()), _moves(1)),
+    "geometry": _product([("id", ()), ("hflip", (hflip,))], _moves(1) + _uncrops(0.9, (-0.07, 0.0, 0.07))),
 }
 
 

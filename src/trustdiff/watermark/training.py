@@ -53,7 +53,7 @@ class CodecJob:
     l2_await: int = 1000       # recipe: 1000 steps after bit accuracy first passes 0.9
     l2_ramp: int = 3000        # recipe: then linearly up over 3000 steps
     activate_acc: float = 0.9
-    distortions: tuple = ()    # training distortions (beyond the recipe): jpeg, noise, blur, crop, resize, brightness, contrast
+    distortions: tuple = ()    # training distortions (beyond the recipe): "robust" or kinds of distortions.TRAIN_RANGES
     export: str = "ema"        # "ema" or "raw" weights into the codec folder
     eval_images: int = 512     # held-out images for the figures in metrics.json
     train: TrainConfig = field(default_factory=default_codec_train)
@@ -61,7 +61,10 @@ class CodecJob:
     def __post_init__(self):
         if self.export not in ("ema", "raw"):
             raise InputError(f"export: expected 'ema' or 'raw', got {self.export!r}")
-        object.__setattr__(self, "distortions", tuple(self.distortions))
+        from .distortions import check_train_kinds
+
+        # the preset name is expanded here, so a run's config.json names the kinds it trained with
+        object.__setattr__(self, "distortions", check_train_kinds(self.distortions))
 
 
 def build_codec(job: CodecJob, channels: int) -> Codec:

@@ -222,14 +222,16 @@ def main(argv=None) -> int:
 
     codecs = {"robust": recipe_job(args, ("robust",), args.robust_gamma), "recipe": recipe_job(args, (), args.gamma)}
 
-    # 1. the recipe end to end for both codecs; one clean model shared
+    # 1. the recipe end to end for each codec (just before its tables: the robust codec's, the
+    #    targets, come first); one clean model shared
     recipes = {}
-    clean_model = None
-    for name, job in codecs.items():
-        m = stage(f"recipe_{name}", lambda job=job, name=name: run_recipe(job, out / name, clean_model=clean_model,
-                                                                            progress=print))
+    shared = {"clean_model": None}
+
+    def recipe(name):
+        job = codecs[name]
+        m = stage(f"recipe_{name}", lambda: run_recipe(job, out / name, clean_model=shared["clean_model"], progress=print))
         recipes[name] = m
-        clean_model = m["models"]["clean"]
+        shared["clean_model"] = m["models"]["clean"]
         h = m["headline"]
         print(f"   {name}: generated Bit-Acc {h['bit_acc_watermarked_model']:.4f} (clean model {h['bit_acc_clean_model']:.4f}); "
               f"detected at 1e-6 {h['detected_watermarked_model']['value']:.3f}; training set PSNR {m['embed']['psnr_mean']:.2f} dB, "
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
     other_name, other = second_clean(args, max(args.null_images, args.clean_per_set), args.seed)
     digits_clean = clean_reference("digits", args.resolution, total=max(args.null_images, args.clean_per_set), seed=args.seed)
     clean_attack = torch.cat([digits_clean[: args.clean_per_set], other[: args.clean_per_set]])
-    searches = ["none", args.search]
+    searches = [args.search, "none"]
 
     # 2. the per-key null, plainly and through the search
     def null_stage(codec):
@@ -259,6 +261,8 @@ def main(argv=None) -> int:
 
     tables = {}
     for name in codecs:
+        recipe(name)
+        clean_model = shared["clean_model"]
         codec = load_codec(out / name / "codec")
         if f"null_{name}" not in prior or args.smoke:
             stage(f"null_{name}", lambda codec=codec: null_stage(codec))

@@ -33,7 +33,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ from trustdiff.watermark.sweeps import plot_sweep
 from trustdiff.watermark.training import CodecJob
 
 SMOKE = dict(codec_steps=120, size="tiny", steps=20, n_generate=24, heldout=24, clean_per_set=60, null_images=200,
-             null_keys=4, calib_images=200, other_images=200, t_stars="0.1,0.5", regen_n=16, prune="0.5",
+             null_keys=4, calib_images=200, other_images=200, t_stars="0.1,0.5", prune="0.5",
              finetune="5,10", model_n=16, steps_sweep="2,4", steps_n=16, feature_steps=20, regen_steps=3,
              attacks="none,move-1,hflip,crop-0.9,jpeg-50")
 
@@ -92,10 +91,10 @@ def args_parser():
       help="MNIST (.npz / idx) resized to 32×32: the second clean data set (synthetic strokes when absent)")
     a("--t-stars", default="0.02,0.05,0.1,0.2,0.3,0.5")
     a("--regen-steps", type=int, default=10)
-    a("--regen-n", type=int, default=200, help="images per set in the regeneration curve")
     a("--prune", default="0.2,0.5,0.8")
     a("--weight-noise", default="0.005,0.01,0.02")
-    a("--finetune", default="100,250,500,1000,2000", help="fine-tuning steps on clean digits (increasing)")
+    a("--finetune", default="1,10,100,250,500,1000,2000",
+      help="fine-tuning steps on clean digits (increasing; the recipe's learning rate 2e-3, Adam from fresh moments)")
     a("--model-n", type=int, default=200, help="images generated per attacked model")
     a("--steps-sweep", default="2,3,4,6,10,18")
     a("--steps-n", type=int, default=200)

@@ -4,10 +4,11 @@ search's reads, the new distortions, the attack chains, the model-level attacks,
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from trustdiff.errors import InputError
 from trustdiff.metrics.intervals import clopper_pearson
@@ -19,6 +20,10 @@ from trustdiff.watermark.model_attacks import prune, quantize_int8, zero_fractio
 from trustdiff.watermark.search import SEARCHES, best_bits, best_of, read_all, resolve_search
 from trustdiff.watermark.stats import (decide_threshold, match_threshold, null_check, p_value, search_fpr,
                                        search_p_value, search_threshold)
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from watermark_cli import CODEC  # noqa: E402
+from watermark_cli import run as _run  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -205,19 +210,6 @@ def test_int8_rounds_each_output_channel_to_255_levels():
     assert torch.equal(q[0].bias, net[0].bias)
 
 
-CODEC = ["--resolution", "16", "--n-bits", "8", "--width", "8", "--enc-depth", "2", "--dec-depth", "3",
-         "--codec-steps", "4", "--codec-batch", "8", "--l2-await", "0", "--l2-ramp", "2"]
-
-
-def _run(args, ok=True):
-    from trustdiff.cli.watermark import watermark
-
-    r = CliRunner().invoke(watermark, [str(a) for a in args], catch_exceptions=True)
-    if ok:
-        assert r.exit_code == 0, (r.output, r.exception)
-    return r
-
-
 def test_attack_command_reports_every_part_and_resumes(tmp_path):
     _run(["train-codec", *CODEC, "--out", tmp_path / "codec"])
     out = tmp_path / "att"
@@ -239,3 +231,24 @@ def test_attack_command_reports_every_part_and_resumes(tmp_path):
     assert rows[1]["heldout"]["bit_acc"] >= rows[0]["heldout"]["bit_acc"]
     _run(["attack", "--resume", "--out", out])
     assert json.loads((out / "attacks.json").read_text())["rows"] == rows
+
+
+def test_distortion_grid_is_the_attack_table_with_the_clean_images_as_a_set(tmp_path):
+    from trustdiff.watermark.distortions import GRID, apply
+    from trustdiff.watermark.sweeps import distortion_grid
+
+    torch.manual_seed(0)
+    codec = Codec(resolution=16, channels=1, n_bits=16, width=4, enc_depth=2, dec_depth=3, hidden=16).eval()
+    x = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    clean = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    key = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(7))
+    grid = [g for g in GRID if g[0] in ("none", "noise-0.05", "crop-0.9")]
+    rows = distortion_grid(tmp_path, codec, key, {"heldout": x}, clean, fpr=0.01, seed=3, grid=grid, progress=lambda s: None)
+    assert [r["distortion"] for r in rows] == ["none", "crop-0.9", "noise-0.05"]
+    for r, (label, name, params) in zip(rows, grid):
+        for set_name, imgs in (("heldout", x), ("clean", clean)):
+            y = apply(name, imgs, generator=torch.Generator().manual_seed(3), **params)
+            d = detect(codec, y, key, fpr=0.01).summary()
+            assert r[set_name]["bit_acc"] == pytest.approx(d["bit_acc_mean"])
+            assert r[set_name]["detected"]["k"] == d["detected"]["k"]
+    assert json.loads((tmp_path / "distortions.json").read_text())["clean_images"] == 10

@@ -4,25 +4,19 @@ registered in trustdiff.cli by the lead)."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from trustdiff.cli.watermark import watermark
 from trustdiff.errors import InputError
 
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from watermark_cli import CODEC, run  # noqa: E402
+
 torch.set_num_threads(1)
-CODEC = ["--resolution", "16", "--n-bits", "8", "--width", "8", "--enc-depth", "2", "--dec-depth", "3",
-         "--codec-steps", "4", "--codec-batch", "8", "--l2-await", "0", "--l2-ramp", "2"]
-
-
-def run(args, ok=True):
-    r = CliRunner().invoke(watermark, [str(a) for a in args], catch_exceptions=True)
-    if ok:
-        assert r.exit_code == 0, (r.output, r.exception)
-    return r
 
 
 def user_error(r) -> str:

@@ -56,9 +56,12 @@ def attack_names() -> list[str]:
 
 
 def select_attacks(names=None) -> list[tuple[str, str, float, tuple]]:
-    """The attacks called ``names`` (all of :data:`IMAGE_ATTACKS` for None / "all"), in table order."""
+    """The attacks called ``names`` (all of :data:`IMAGE_ATTACKS` for None / "all"), in table order.
+    An entry that is already a (label, family, strength, chain) tuple is taken as it is."""
     if names is None or names == "all" or list(names) == ["all"]:
         return list(IMAGE_ATTACKS)
+    if all(isinstance(n, tuple) and len(n) == 4 for n in names):
+        return list(names)
     known = {a[0]: a for a in IMAGE_ATTACKS}
     bad = [n for n in names if n not in known]
     if bad:
@@ -129,7 +132,8 @@ def attack_table(detect_fn, sets: dict, clean: torch.Tensor, thresholds: dict, *
 
     Args:
         detect_fn: ``detect_fn(x, threshold) -> Detection`` (the owner's codec, key and search).
-        sets: {name: watermarked images}; ``clean``: images that never carried the key.
+        sets: {name: watermarked images}; ``clean``: images that never carried the key (None:
+            no clean row).
         thresholds: {fpr: Threshold} (decided through the same search).
         fd_fns: {set name: fn(x) -> FD} for the sets whose FD is reported (generated ones).
         done: rows already measured, by attack label (a resumed run skips them).
@@ -147,8 +151,9 @@ def attack_table(detect_fn, sets: dict, clean: torch.Tensor, thresholds: dict, *
         for name, x in sets.items():
             y = apply_chain(x, chain, torch.Generator(x.device).manual_seed(seed))
             row[name] = score(detect_fn, y, x, thresholds, fd_fns.get(name))
-        yc = apply_chain(clean, chain, torch.Generator(clean.device).manual_seed(seed))
-        row["clean"] = clean_fpr(detect_fn, yc, thresholds)
+        if clean is not None:
+            yc = apply_chain(clean, chain, torch.Generator(clean.device).manual_seed(seed))
+            row["clean"] = clean_fpr(detect_fn, yc, thresholds)
         rows.append(row)
         if on_row is not None:
             on_row(rows)
@@ -163,8 +168,8 @@ def format_row(row: dict, set_names, thresholds: dict) -> str:
         r = row[s]
         parts.append(f"{s} Bit-Acc {r['bit_acc']:.3f} TPR@{lo:g} {r[f'tpr@{lo:g}']['value']:.3f} PSNR {r['psnr']:.1f}"
                      + (f" FD {r['fd']:.3f}" if r.get("fd") is not None else ""))
-    c = row["clean"]
-    parts.append("clean FPR " + " ".join(f"{k[4:]}:{v['k']}/{v['n']}" for k, v in c.items()))
+    if "clean" in row and "clean" not in set_names:
+        parts.append("clean FPR " + " ".join(f"{k[4:]}:{v['k']}/{v['n']}" for k, v in row["clean"].items()))
     return " ".join(parts)
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from ..persist import atomic_write_json
-from ..metrics import psnr
 from .detect import detect
-from .distortions import GRID, apply
+from .distortions import GRID
 from .embed import quantize
 from .recipe import RecipeJob, fd_of, run_recipe
 from .stats import Threshold
@@ -127,27 +126,22 @@ def distortion_grid(out, codec, key, image_sets: dict, clean: torch.Tensor, *, f
                     threshold: Threshold | None = None, seed: int = 0, grid=GRID, progress=print) -> list[dict]:
     """Each distortion of ``grid`` applied (seeded) to each set of watermarked images and to the
     clean images → per set: Bit-Acc, TPR at ``fpr`` (the threshold: ``threshold`` if given, else
-    the analytic one), PSNR of the distorted image against its undistorted input; and the
-    false-positive rate on the distorted clean images."""
+    the analytic one), PSNR of the distorted image against its undistorted input (the clean set's
+    "detected" is the false-positive rate). The table is :func:`~.attacks.attack_table`'s, with
+    the grid's distortions as one-step attacks and the clean images as one more set."""
+    from .attacks import attack_table
     from .stats import decide_threshold
 
     out = Path(out)
     if threshold is None:
         threshold, _ = decide_threshold(codec.n_bits, fpr)
-    rows = []
-    for label, name, params in grid:
-        row = {"distortion": label, "name": name, "params": params}
-        for set_name, x in {**image_sets, "clean": clean}.items():
-            g = torch.Generator(x.device).manual_seed(seed)        # the distortions draw on x's device
-            y = apply(name, x, generator=g, **params)
-            d = detect(codec, y, key, threshold=threshold).summary()
-            p = psnr(y, x)
-            finite = p[torch.isfinite(p)]
-            row[set_name] = {"bit_acc": d["bit_acc_mean"], "detected": d["detected"],
-                             "psnr": float(finite.mean()) if len(finite) else float("inf")}
-        rows.append(row)
-        progress("   " + label + ": " + ", ".join(f"{k} Bit-Acc {row[k]['bit_acc']:.3f} det {row[k]['detected']['value']:.3f}"
-                                               for k in (*image_sets, "clean")))
+    sets = {**image_sets, "clean": clean}
+    table = attack_table(lambda x, thr: detect(codec, x, key, threshold=thr), sets, None, {fpr: threshold},
+                         attacks=[(label, name, 0.0, ((name, params),)) for label, name, params in grid], seed=seed,
+                         progress=progress)
+    rows = [{"distortion": r["attack"], "name": name, "params": params,
+             **{k: {"bit_acc": r[k]["bit_acc"], "detected": r[k][f"tpr@{fpr:g}"], "psnr": r[k]["psnr"]} for k in sets}}
+            for r, (_, name, params) in zip(table, grid)]
     atomic_write_json(out / "distortions.json", {"rows": rows, "fpr": fpr, "threshold": threshold.to_json(),
                                                  "seed": seed, "sets": {k: int(len(v)) for k, v in image_sets.items()},
                                                  "clean_images": int(len(clean))})

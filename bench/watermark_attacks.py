@@ -99,6 +99,9 @@ def args_parser():
     a("--steps-sweep", default="2,3,4,6,10,18")
     a("--steps-n", type=int, default=200)
     a("--feature-steps", type=int, default=300)
+    a("--codecs", default="robust,recipe", help="which codecs to run: robust, recipe or both (the claims need robust)")
+    a("--clean-model", type=Path, default=None,
+      help="a clean diffusion model trained as the recipe trains its models (default: train one)")
     a("--seed", type=int, default=0)
     a("--smoke", action="store_true", help="tiny sizes (minutes): proves the pipeline, not the claims")
     a("--out", type=Path, default=Path("bench/results/watermark_attacks"))
@@ -219,12 +222,16 @@ def main(argv=None) -> int:
         atomic_write_json(args.json, report)
         return r
 
+    wanted = [c for c in args.codecs.split(",") if c]
+    if not wanted or set(wanted) - {"robust", "recipe"} or "robust" not in wanted:
+        sys.exit(f"--codecs: expected robust or robust,recipe, got {args.codecs!r}")
     codecs = {"robust": recipe_job(args, ("robust",), args.robust_gamma), "recipe": recipe_job(args, (), args.gamma)}
+    codecs = {k: v for k, v in codecs.items() if k in wanted}
 
     # 1. the recipe end to end for each codec (just before its tables: the robust codec's, the
     #    targets, come first); one clean model shared
     recipes = {}
-    shared = {"clean_model": None}
+    shared = {"clean_model": args.clean_model}
 
     def recipe(name):
         job = codecs[name]
@@ -336,7 +343,8 @@ def tables_md(report: dict, tables: dict, args) -> str:
          + (" --smoke" if args.smoke else "") + ".", "", "## The recipe end to end", "",
          "| codec | train-set Bit-Acc | PSNR | SSIM | generated Bit-Acc | detected at 1e-6 (plain read) | FD | FD clean model |",
          "|---|---|---|---|---|---|---|---|"]
-    for name in ("robust", "recipe"):
+    names = [n for n in ("robust", "recipe") if f"recipe_{n}" in report]
+    for name in names:
         m = report[f"recipe_{name}"]
         h = m["headline"]
         d = h["detected_watermarked_model"]
@@ -355,11 +363,11 @@ def tables_md(report: dict, tables: dict, args) -> str:
         L.append(f"| {a} | " + " | ".join(cells) + " |")
     L += ["", "## Per-key null (20 keys), checks failed / checks (a fair decoder fails about 1 % of them)", "",
           "| codec | read | " + " | ".join(report["null_robust"]["none"]["sets"]) + " |", "|---|---|" + "---|" * 2]
-    for name in ("robust", "recipe"):
+    for name in names:
         for srch, r in report[f"null_{name}"].items():
             L.append(f"| {name} | {srch} | " + " | ".join(f"{v['checks_failed']}/{v['checks']} ({v['images']} images)"
                                                         for v in r["sets"].values()) + " |")
-    for name in ("robust", "recipe"):
+    for name in names:
         m = report[f"attacks_{name}_{s}"]
         regen = json.loads((args.out / name / f"attack-{s.replace('+', '_')}" / "regeneration.json").read_text())
         L += ["", f"## Regeneration ({name} codec, search {s}; clean model, {regen['solver']} {regen['steps']} steps)", "",

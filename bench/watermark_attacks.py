@@ -199,6 +199,7 @@ def plot_attacks(path: Path, tables: dict, set_name: str, fpr_key: str) -> None:
 
 def main(argv=None) -> int:
     args = args_parser().parse_args(argv)
+    args.command = " ".join(["python bench/watermark_attacks.py", *(sys.argv[1:] if argv is None else argv)])
     if args.smoke:
         for k, v in SMOKE.items():
             setattr(args, k.replace("-", "_"), v)
@@ -339,8 +340,7 @@ def tables_md(report: dict, tables: dict, args) -> str:
     L = [f"# Watermark removal attacks (digits 32×32, {args.n_bits} bits)", "",
          f"Configuration: codec width {args.codec_width}/{args.codec_dec_width}, {args.codec_steps} steps; diffusion "
          f"'{args.size}' {args.steps} steps; {args.n_generate} generated images, {args.sample_steps} Heun steps; search "
-         f"'{s}' ({len(resolve_search(s))} reads per image). Command: `python bench/watermark_attacks.py`"
-         + (" --smoke" if args.smoke else "") + ".", "", "## The recipe end to end", "",
+         f"'{s}' ({len(resolve_search(s))} reads per image), robust codec γ {args.robust_gamma:g}. Command: `{args.command}`.", "", "## The recipe end to end", "",
          "| codec | train-set Bit-Acc | PSNR | SSIM | generated Bit-Acc | detected at 1e-6 (plain read) | FD | FD clean model |",
          "|---|---|---|---|---|---|---|---|"]
     names = [n for n in ("robust", "recipe") if f"recipe_{n}" in report]

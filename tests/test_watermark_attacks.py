@@ -252,3 +252,27 @@ def test_distortion_grid_is_the_attack_table_with_the_clean_images_as_a_set(tmp_
             assert r[set_name]["bit_acc"] == pytest.approx(d["bit_acc_mean"])
             assert r[set_name]["detected"]["k"] == d["detected"]["k"]
     assert json.loads((tmp_path / "distortions.json").read_text())["clean_images"] == 10
+
+
+def test_finetune_is_the_watermarked_model_trained_on(tmp_path):
+    """At a vanishing learning rate (Adam moves each weight by about lr per step) the fine-tuned
+    EMA is the loaded model (nothing lost on the way); at the recipe's scale the weights move."""
+    from dataclasses import replace
+
+    from trustdiff.diffusion.model import ModelSpec, build_denoiser, load_model, save_model
+    from trustdiff.watermark.model_attacks import finetune
+    from trustdiff.watermark.recipe import default_diffusion
+
+    spec = ModelSpec(size="tiny", resolution=8, channels=1)
+    torch.manual_seed(0)
+    unet, _ = build_denoiser(spec)
+    model = save_model(tmp_path / "model", unet, spec)
+    orig = load_model(model)[0].net.state_dict()
+    base = default_diffusion()
+    for lr, run in ((1e-12, "ft0"), (1e-3, "ft")):
+        job = replace(base, train=replace(base.train, lr=lr, batch_size=8, progress=False))
+        den, spec2 = finetune(model, "digits", 2, tmp_path / run, base_job=job)
+        sd = den.net.state_dict()
+        assert spec2 == load_model(model)[1] and set(sd) == set(orig)
+        same = all(torch.allclose(sd[k].float(), orig[k].float(), atol=1e-6) for k in orig)
+        assert same == (lr < 1e-9), lr

@@ -151,14 +151,22 @@ def test_purify_eval_writes_a_checked_report(tmp_path, trained, capsys):
     out = tmp_path / "purify"
     code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "0.1",
                  "--sample-steps", "2", "--attack", "pgd-eot", "--attack", "bpda", "--attack-steps", "2", "--eot", "2",
-                 "-n", "6", "--n-check", "4", "--out", str(out)])
+                 "-n", "6", "--n-check", "4", "--n-evals", "3", "--votes", "2", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    capsys.readouterr()
+    said = capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
     d = m["diffpure"]
     assert d["randomized"] and d["n"] == 6 and len(d["attacks"]) == 2
-    assert {c["name"].split(" ")[0] for c in d["checks"]} >= {"randomness", "gradients", "bounds", "eps0", "convergence"}
-    assert "Verdict" in (out / "report.md").read_text()
+    assert m["purifier"]["votes"] == 2 and m["purifier"]["nfe"] == 4
+    assert {c["name"].split(" ")[0] for c in d["checks"]} >= {"randomness", "gradients", "bounds", "eps0", "convergence",
+                                                               "protocols", "fixed"}
+    # the three protocols side by side: worst of 3 at most one evaluation; fixed randomness reruns PGD without EOT, not BPDA
+    assert d["n_evals"] == 3 and d["worst_case_of_n"]["value"] <= d["worst_case"]["value"]
+    assert d["attacks"][0]["select"] == "most_fooled"
+    assert [a["eot"] for a in d["fixed"]["attacks"]] == [1] and d["fixed"]["not_rerun"] == [d["attacks"][1]["name"]]
+    assert "worst of 3" in said and "fixed randomness" in said
+    report = (out / "report.md").read_text()
+    assert "Verdict" in report and "worst of 3" in report and "Fixed randomness" in report
     code = main(["purify", "eval", "--classifier", str(clf_run), "--denoiser", str(trained), "--t-star", "2",
                  "--out", str(tmp_path / "bad")])
     assert "--t-star" in _one_line_error(capsys, code) and not (tmp_path / "bad").exists()

@@ -6,6 +6,14 @@ Gradients are taken with ``torch.enable_grad()`` so an attack works whatever the
 mode; the model's train/eval mode is the caller's. EOT accumulates the gradient over ``eot``
 forward passes, ``eot_batch`` of them stacked into one forward/backward (default 1: one at a time,
 memory of one pass).
+
+Which iterate is returned (``select``): ``last`` (Madry et al.'s x_T) or ``most_fooled``: per
+example, the iterate misclassified by the most of its EOT passes — each iterate x_t is scored by
+the ``eot`` passes its gradient step already made, the final one by ``eot`` more forward passes —
+ties going to the later iterate, so an example no iterate fools gets x_T, as with ``last``. A
+randomized defense's last iterate is only one draw of where the attack went; the iterate that
+fooled the most passes is the one an attacker submits (Wang et al. 2024, *DiffHammer*, select
+the attack's best sample rather than its last).
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from ..images import check_images
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "kl")
+SELECT = ("last", "most_fooled")
 
 
 def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +67,10 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, *, targeted: b
     return F.kl_div(F.log_softmax(logits, 1), ref_logp, log_target=True, reduction="none").sum(1)
 
 
-def _check(x, y, eps, alpha, steps, norm, eot, restarts, loss):
+def _check(x, y, eps, alpha, steps, norm, eot, restarts, loss, select="last"):
     check_images(x, name="x")
+    if select not in SELECT:
+        raise InputError(f"select: expected one of {SELECT}, got {select!r}")
     if norm not in NORMS:
         raise InputError(f"norm: expected one of {NORMS}, got {norm!r}")
     if loss not in LOSSES:
@@ -100,23 +111,49 @@ def input_gradient(model, x_adv, y, *, loss="ce", eot=1, targeted=False, ref_log
     one (its noise for the k copies is drawn at once: a model that draws once per call may get the
     same stream as k calls in turn, one that draws per solver step, like DiffPure, draws in another
     order)."""
+    g, l, _ = _eot_passes(model, x_adv, y, loss, eot, targeted, ref_logp, eot_batch)
+    return g, l
+
+
+def fooled(logits: torch.Tensor, y: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """Bool [N]: the attack succeeded on this pass (misclassified, or the target when targeted)."""
+    pred = logits.argmax(1)
+    return pred == y if targeted else pred != y
+
+
+def _eot_passes(model, x_adv, y, loss, eot, targeted, ref_logp, eot_batch):
+    """(∇ₓ mean loss, mean loss [N], passes fooled [N]) over ``eot`` passes at x_adv."""
     if not isinstance(eot_batch, int) or eot_batch < 1:
         raise InputError(f"eot_batch: expected an integer >= 1, got {eot_batch!r}")
     n = x_adv.shape[0]
     grad = torch.zeros_like(x_adv)
     total = torch.zeros(n, device=x_adv.device)
+    wrong = torch.zeros(n, dtype=torch.long, device=x_adv.device)
     with torch.enable_grad():
         done = 0
         while done < eot:
             k = min(eot_batch, eot - done)
             xi = x_adv.detach().requires_grad_(True)
-            l = attack_loss(model(_stack(xi, k)), _stack(y, k), loss, targeted=targeted, ref_logp=_stack(ref_logp, k))
+            z = model(_stack(xi, k))
+            l = attack_loss(z, _stack(y, k), loss, targeted=targeted, ref_logp=_stack(ref_logp, k))
             # a model whose output does not depend on x through autograd has gradient 0 there
             g = torch.autograd.grad(l.sum(), xi)[0] if l.requires_grad else torch.zeros_like(xi)
             grad += g
             total += l.detach().reshape(k, n).sum(0)
+            wrong += fooled(z.detach(), _stack(y, k), targeted).reshape(k, n).sum(0)
             done += k
-    return grad / eot, total / eot
+    return grad / eot, total / eot, wrong
+
+
+@torch.no_grad()
+def _count_fooled(model, x, y, eot, targeted, eot_batch) -> torch.Tensor:
+    """Passes fooled [N] over ``eot`` forward passes at x (no gradient)."""
+    wrong, done = torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 0
+    while done < eot:
+        k = min(eot_batch, eot - done)
+        wrong += fooled(model(_stack(x, k)), _stack(y, k), targeted).reshape(k, -1).sum(0)
+        done += k
+    return wrong
 
 
 def _ascent(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -134,7 +171,8 @@ def _mean_margin(model, x, y, eot, targeted):
 
 def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, norm: str = "linf",
         eot: int = 1, random_start: bool = True, restarts: int = 1, loss: str = "ce", targeted: bool = False,
-        generator=None, x_ref_logits: torch.Tensor | None = None, eot_batch: int = 1) -> torch.Tensor:
+        generator=None, x_ref_logits: torch.Tensor | None = None, eot_batch: int = 1,
+        select: str = "last") -> torch.Tensor:
     """PGD: x′ ← Π_{B_ε(x) ∩ [0,1]}(x′ + α·step(∇ₓ L)), with step = sign (L∞) or ∇/‖∇‖ (L2).
 
     Args:
@@ -144,12 +182,14 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, st
         eot: gradient samples per step (Expectation over Transformation).
         eot_batch: EOT samples per forward/backward pass (:func:`input_gradient`).
         restarts: independent random starts; per example the one with the lowest final margin
-            (mean logits over ``eot`` passes) is kept.
+            (mean logits over ``eot`` passes) is kept (``most_fooled``: the iterate of any restart
+            fooled by the most passes).
+        select: ``last`` or ``most_fooled`` (the module's docstring).
         loss: ``ce``, ``cw`` (margin) or ``kl`` (TRADES; reference logits from ``x_ref_logits``
             or model(x)).
     Returns x_adv with ‖x_adv − x‖ ≤ ε and values in [0, 1].
     """
-    _check(x, y, eps, alpha, steps, norm, eot, restarts, loss)
+    _check(x, y, eps, alpha, steps, norm, eot, restarts, loss, select)
     x = x.detach()
     if eps == 0 or steps == 0 and not random_start:
         return x.clone()
@@ -159,14 +199,24 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, st
             ref = x_ref_logits if x_ref_logits is not None else model(x)
             ref_logp = F.log_softmax(ref.detach().float(), 1)
     best, best_m = x.clone(), torch.full((x.shape[0],), math.inf, device=x.device)
+    most = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)     # passes fooled by `best`
+
+    def keep(x_t, wrong):                 # most_fooled: x_t where it fooled at least as many passes
+        take = wrong >= most
+        best[take], most[take] = x_t[take], wrong[take]
+
     for _ in range(restarts):
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         x_adv = (x + project(delta, eps, norm)).clamp(0, 1)
         for _ in range(steps):
-            g, _ = input_gradient(model, x_adv, y, loss=loss, eot=eot, targeted=targeted, ref_logp=ref_logp,
-                                  eot_batch=eot_batch)
+            g, _, wrong = _eot_passes(model, x_adv, y, loss, eot, targeted, ref_logp, eot_batch)
+            if select == "most_fooled":
+                keep(x_adv, wrong)
             x_adv = x + project(x_adv + alpha * _ascent(g, norm) - x, eps, norm)
             x_adv = x_adv.clamp(0, 1).detach()
+        if select == "most_fooled":
+            keep(x_adv, _count_fooled(model, x_adv, y, eot, targeted, eot_batch))
+            continue
         if restarts == 1:
             return x_adv
         m = _mean_margin(model, x_adv, y, eot, targeted)

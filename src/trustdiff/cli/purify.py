@@ -34,7 +34,10 @@ def purify_group():
 @click.option("--t-star", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1, show_default=True,
               help="Diffusion time t* in (0, 1].")
 @click.option("--solver", type=click.Choice(["sde", "ddpm", "ode", "euler", "ddim"]), default="sde", show_default=True)
-@click.option("--sample-steps", "steps", type=COUNT, default=10, show_default=True, help="Reverse solver steps.")
+@click.option("--sample-steps", "steps", type=COUNT, default=10, show_default=True,
+              help="Reverse solver steps (1: one-shot denoising at σ(t*), Carlini et al. 2023's one-step denoiser).")
+@click.option("--votes", type=COUNT, default=1, show_default=True,
+              help="Purifications per prediction, their class probabilities averaged (K× the cost).")
 @click.option("--attack", "attacks", type=click.Choice(ATTACKS), multiple=True, default=("pgd-eot",), show_default=True,
               help="Repeat for several; the worst case per example is reported.")
 @click.option("--eps", type=NONNEG, default=0.1, show_default=True, help="Budget in [0, 1] pixels.")
@@ -44,6 +47,13 @@ def purify_group():
 @click.option("--eot-batch", type=COUNT, default=None,
               help="EOT samples stacked into one forward/backward (speed only: same expectation, that many times the "
                    f"activation memory); default: enough to fill {EOT_ROWS} rows per pass (bench/throughput.py).")
+@click.option("--select", type=click.Choice(["most_fooled", "last"]), default="most_fooled", show_default=True,
+              help="The PGD iterate kept per image: the one misclassified by the most EOT passes, or the last.")
+@click.option("--n-evals", type=COUNT, default=10, show_default=True,
+              help="Passes per adversarial input for the worst-of-N protocol (robust only if all N are correct).")
+@click.option("--fixed/--no-fixed", default=True, show_default=True,
+              help="Also attack and score the defense with its noise fixed by a seed the attacker knows "
+                   "(a second attack run, without EOT).")
 @click.option("--data", default="digits", show_default=True, help='"digits" or a data path (its test split).')
 @click.option("-n", "--num", "images", type=COUNT, default=128, show_default=True, help="Test images (a seeded selection).")
 @click.option("--n-check", type=COUNT, default=32, show_default=True, help="Images the expensive soundness checks use.")
@@ -55,10 +65,11 @@ def purify_group():
 @seed_option()
 @unsafe_pickle_option
 @run_command("purify eval", out="runs/purify")
-def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, steps, attacks, eps, norm, pgd_steps, eot, eot_batch, data, images,
-             n_check, batch_size, checkpoint, undefended, seed, allow_pickle, out):
+def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, steps, votes, attacks, eps, norm, pgd_steps, eot,
+             eot_batch, select, n_evals, fixed, data, images, n_check, batch_size, checkpoint, undefended, seed, allow_pickle, out):
     """Clean and robust accuracy of classifier ∘ DiffPure under full-gradient PGD-EOT,
-    AutoAttack-rand and/or BPDA; writes OUT/metrics.json and OUT/report.md."""
+    AutoAttack-rand and/or BPDA, scored by one evaluation, worst of N and with fixed randomness;
+    writes OUT/metrics.json and OUT/report.md."""
     import torch
 
     from ..attacks import autoattack_attack, bpda_attack, evaluate, pgd_attack, to_markdown
@@ -73,14 +84,15 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
     if eot_batch is None:
         eot_batch = default_eot_batch(eot, images, batch_size)
     config = dict(classifier=classifier_dir, denoiser=denoiser_dir, adm_config=adm_config, t_star=t_star, solver=solver, steps=steps,
-                  attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, eot_batch=eot_batch, data=data, images=images,
-                  n_check=n_check, batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
+                  votes=votes, attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, eot_batch=eot_batch,
+                  select=select, n_evals=n_evals, fixed=fixed, data=data, images=images, n_check=n_check,
+                  batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
     clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False).to(run.device)
     den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     den = den.to(run.device)
     # bf16: the networks run under autocast, the purifier's solver state stays fp32
     clf_p, den_p = with_precision(clf, run.precision), with_precision(den, run.precision)
-    defense = PurifiedClassifier(clf_p, den_p, t_star, solver=solver, steps=steps, checkpoint=checkpoint)
+    defense = PurifiedClassifier(clf_p, den_p, t_star, solver=solver, steps=steps, checkpoint=checkpoint, votes=votes)
     res = clf.config["resolution"]
     if spec.resolution != res:
         raise InputError(f"--denoiser: expected a model at the classifier's resolution {res}, got {spec.resolution}")
@@ -92,9 +104,9 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
         return
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:images].sort().values
     x, y = x[idx].to(run.device), y[idx].to(run.device)     # the same selection on every device
-    chosen = {"pgd-eot": lambda: pgd_attack(eps, norm, pgd_steps, eot=eot, eot_batch=eot_batch),
+    chosen = {"pgd-eot": lambda: pgd_attack(eps, norm, pgd_steps, eot=eot, eot_batch=eot_batch, select=select),
               "autoattack-rand": lambda: autoattack_attack(eps, norm, "rand"),
-              "bpda": lambda: bpda_attack(defense.purify, eps, norm, pgd_steps, eot=eot, eot_batch=eot_batch)}
+              "bpda": lambda: bpda_attack(defense.purify, eps, norm, pgd_steps, eot=eot, eot_batch=eot_batch, select=select)}
     common = dict(seed=seed, batch_size=batch_size, n_check=n_check)
     metrics = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in config.items()},
                "purifier": defense.config, "indices": idx.tolist(), "device": ran_on(clf, den, x),
@@ -103,15 +115,27 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
     if undefended:
         metrics["undefended"] = evaluate(clf_p, x, y, [pgd_attack(eps, norm, 2 * pgd_steps)], **common)
         md += ["## Undefended classifier\n", to_markdown(metrics["undefended"])]
-    metrics["diffpure"] = evaluate(defense, x, y, [chosen[a]() for a in attacks], **common)
+    metrics["diffpure"] = evaluate(defense, x, y, [chosen[a]() for a in attacks], n_evals=n_evals, fixed=fixed, **common)
     md += ["## DiffPure\n", to_markdown(metrics["diffpure"])]
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_bytes(out / "report.md", "\n".join(md).encode())
     d = metrics["diffpure"]
-    click.echo(f"DiffPure: clean {d['clean']['value']:.3f}, worst-case robust {d['worst_case']['value']:.3f} "
-               f"[{d['worst_case']['lo']:.3f}, {d['worst_case']['hi']:.3f}] (n={d['n']}); "
+    click.echo(f"DiffPure: clean {d['clean']['value']:.3f}, worst-case robust {_protocols_line(d)} (n={d['n']}); "
                f"{'reliable' if d['reliable'] else 'UNRELIABLE: ' + '; '.join(d['unreliable_reasons'])}; "
                f"written to {out}")
+
+
+def _protocols_line(d: dict) -> str:
+    """The worst case over attacks under each protocol the report has, with intervals."""
+    def f(p):
+        return f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"
+
+    parts = [f"one evaluation {f(d['worst_case'])}"]
+    if "n_evals" in d:
+        parts.append(f"worst of {d['n_evals']} {f(d['worst_case_of_n'])}")
+    if d.get("fixed"):
+        parts.append(f"fixed randomness {f(d['fixed']['worst_case'])}")
+    return ", ".join(parts)
 
 
 COMMANDS = [purify_group]

@@ -162,8 +162,8 @@ def demo_stages(out: Path, preset: str, seed: int = 0, runtime: tuple[str, ...] 
         Stage("purify", "purify",
               ["purify", "eval", "--classifier", d("classifier"), "--denoiser", d("diffusion"), "--t-star", "0.1",
                "--solver", "sde", "--sample-steps", "5", "--eps", _s(EPS_PURIFY), "-n", p["pur_images"],
-               "--attack-steps", p["pgd_steps"], "--eot", p["eot"], "--n-check", p["pur_check"], "--seed", seed,
-               "--out", d("purify")],
+               "--attack-steps", p["pgd_steps"], "--eot", p["eot"], "--n-check", p["pur_check"], "--n-evals", "10",
+               "--no-fixed", "--seed", seed, "--out", d("purify")],
               d("purify"), ["classifier", "diffusion-train"]),
         Stage("advtrain-generate", "advtrain",
               ["advtrain", "generate", "--model", d("diffusion"), "-n", p["adv_gen"], "--sample-steps", p["sample_steps"],
@@ -245,6 +245,7 @@ def stage_summary(stage: Stage) -> str:
         if stage.name == "purify":
             u, dp = m["undefended"], m["diffpure"]
             return (f"undefended robust {u['worst_case']['value']:.2f}, DiffPure robust {dp['worst_case']['value']:.2f} "
+                    f"one evaluation, {dp['worst_case_of_n']['value']:.2f} worst of {dp['n_evals']} "
                     f"(n = {dp['n']}, {'reliable' if dp['reliable'] else 'UNRELIABLE'})")
         if stage.name == "advtrain-generate":
             return f"{m.get('num_images', m.get('images', '?'))} generated images"

@@ -10,12 +10,12 @@ from .fid import (
     convert_inception_weights,
     inception_feature_net,
 )
-from .intervals import clopper_pearson, proportion
+from .intervals import bounded_mean, clopper_pearson, proportion
 from .quality import psnr, ssim
 
 __all__ = [
     "clopper_pearson",
-    "proportion",
+    "proportion", "bounded_mean",
     "psnr",
     "ssim",
     "FeatureNet",

@@ -13,6 +13,8 @@ pass instead of stored).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
@@ -134,6 +136,14 @@ def nfe(solver: str, steps: int) -> int:
     return samplers.nfe("heun" if solver == "ode" else solver, steps)
 
 
+def vote(logits: torch.Tensor, votes: int) -> torch.Tensor:
+    """log((1/K) Σ_k softmax(z_k)): the log of the mean class probability over K purifications
+    stacked as K blocks of N rows ([K·N, C] → [N, C]). Its argmax is the averaged-probability
+    vote; as logits, cross-entropy on it is −log of the mean probability of the label."""
+    logp = torch.log_softmax(logits.float(), 1).reshape(votes, -1, logits.shape[1])
+    return torch.logsumexp(logp, 0) - math.log(votes)
+
+
 class PurifiedClassifier(nn.Module):
     """classifier(purify(x)): DiffPure as one randomized, differentiable nn.Module.
 
@@ -141,30 +151,53 @@ class PurifiedClassifier(nn.Module):
     RNG), so the defense is randomized: attack it with EOT (the attacks' soundness checks detect
     this and insist). ``forward(x)``: x N×C×H×W in [0, 1] → logits N×K.
 
+    ``votes`` = K > 1: a majority vote over K independent purifications, by averaging the
+    classifier's probabilities (:func:`vote`), not by counting argmaxes: a count is piecewise
+    constant in x (zero gradient almost everywhere, a defense that hides its gradient from the
+    attacker), the mean probability is differentiable and its argmax is the vote of the soft
+    predictions. The K purifications run as one batch of K·N rows; cost K× one purification.
+    EOT over a voting defense averages over K·EOT purifications.
+
     Args:
         classifier: pixel-space N×C×H×W in [0, 1] → logits.
         denoiser: a Denoiser ``D(x, sigma, cond=None)`` in model space.
         t_star: diffusion time in (0, 1] (DiffPure used 0.1 for CIFAR-10 L∞ 8/255).
         solver, steps: the reverse solver (see :data:`SOLVERS`) and its number of steps.
         checkpoint: recompute denoiser activations in the backward pass (bounded memory).
+        votes: purifications per prediction, averaged (above).
+
+    ``steps=1`` (any solver) is one-shot denoising, x̂ = D(x + σ(t*)·ε; σ(t*)): the one-step
+    denoiser of Carlini et al. 2023 used as a purifier.
     """
 
     def __init__(self, classifier: nn.Module, denoiser: nn.Module, t_star: float, *, solver: str = "sde",
-                 steps: int = 10, cond=None, generator=None, checkpoint: bool = False):
+                 steps: int = 10, cond=None, generator=None, checkpoint: bool = False, votes: int = 1):
         super().__init__()
         purification_sigmas(t_star, steps, solver)          # validates all three
+        if not isinstance(votes, int) or votes < 1:
+            raise InputError(f"votes: expected an integer >= 1, got {votes!r}")
         self.classifier, self.denoiser = classifier, denoiser
-        self.t_star, self.solver, self.steps = float(t_star), solver, steps
+        self.t_star, self.solver, self.steps, self.votes = float(t_star), solver, steps, votes
         self.cond, self.generator, self.checkpoint = cond, generator, checkpoint
 
     @property
     def config(self) -> dict:
-        return {"t_star": self.t_star, "solver": self.solver, "steps": self.steps, "nfe": nfe(self.solver, self.steps),
-                "sigma_star_model": sigma_star(self.t_star), "checkpoint": self.checkpoint}
+        return {"t_star": self.t_star, "solver": self.solver, "steps": self.steps, "votes": self.votes,
+                "nfe": self.votes * nfe(self.solver, self.steps), "sigma_star_model": sigma_star(self.t_star),
+                "checkpoint": self.checkpoint}
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         return purify(x, self.denoiser, self.t_star, solver=self.solver, steps=self.steps, cond=self.cond,
                       generator=self.generator, checkpoint=self.checkpoint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purify(x))
+        if self.votes == 1:
+            return self.classifier(self.purify(x))
+        k, saved = self.votes, self.generator
+        if isinstance(saved, (list, tuple)):        # one generator per image: it draws for its K copies in turn
+            self.generator = list(saved) * k
+        try:
+            x_k = self.purify(x.repeat(k, *([1] * (x.ndim - 1))))
+        finally:
+            self.generator = saved
+        return vote(self.classifier(x_k), k)

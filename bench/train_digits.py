@@ -66,7 +66,11 @@ def train_step_gflop(job: DiffusionJob) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=25.0, help="training budget (sets the step count)")
+    ap.add_argument("--minutes", type=float, default=25.0,
+                    help="training budget: sets the step count from a timed probe of the step, unless --steps")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps (a count reproduces a model elsewhere; the committed run trained 2523)")
+    ap.add_argument("--skip-fd", action="store_true", help="train only: no sampling and FD (other benches' model)")
     ap.add_argument("--size", default="small")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -98,11 +102,11 @@ def main():
         opt.step()
         times.append(time.perf_counter() - t)
     step_s = min(times[1:])
-    steps = int(args.minutes * 60 / (step_s * 1.08))       # ~8% for EMA, logging, checkpoints
+    steps = args.steps or int(args.minutes * 60 / (step_s * 1.08))       # ~8% for EMA, logging, checkpoints
     job = DiffusionJob(size=args.size, train=TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr,
                                                          warmup_steps=200, ema_halflife_kimg=50.0,
                                                          checkpoint_every=500, log_every=100, seed=0))
-    print(f"training {steps} steps of batch {args.batch} (~{args.minutes} min)")
+    print(f"training {steps} steps of batch {args.batch}" + ("" if args.steps else f" (~{args.minutes} min)"))
     t0 = time.time()
     model_dir = train_diffusion(job, out / "train", resume=args.resume)
     res["train_seconds"] = time.time() - t0
@@ -113,6 +117,8 @@ def main():
     print(f"trained in {res['train_seconds']/60:.1f} min: {res['train_img_per_s']:.0f} img/s, "
           f"{res['train_gflops_achieved']:.1f} GFLOP/s = {100*res['train_fraction_of_peak']:.1f}% of matmul peak")
 
+    if args.skip_fd:
+        return
     den, spec = load_model(model_dir)
     train_set, test_set = load("digits", resolution=16, split="train"), load("digits", resolution=16, split="test")
     labels = torch.arange(args.n_fd) % 10

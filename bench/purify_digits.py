@@ -105,7 +105,6 @@ def main():
     if not (args.denoiser / "trustdiff.json").is_file() and not (args.denoiser / "model" / "trustdiff.json").is_file():
         sys.exit(f"{args.denoiser}: no diffusion model; run python bench/train_digits.py first (or pass --denoiser)")
     torch.manual_seed(args.seed)
-    t_all = time.perf_counter()
 
     test = load("digits", resolution=16, split="test", seed=0)
     x_all, y_all = test.tensors()

@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from trustdiff.metrics import ssim
 from trustdiff.t2i import generate, load_pipeline

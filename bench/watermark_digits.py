@@ -31,7 +31,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,12 +39,12 @@ from trustdiff.persist import atomic_write_bytes, atomic_write_json
 from trustdiff.data import load, load_npz
 from trustdiff.train import TrainConfig
 from trustdiff.train.diffusion import DiffusionJob
-from trustdiff.watermark import (decide_threshold, detect, key_from_seed, load_codec, matches, null_calibration,
+from trustdiff.watermark import (decide_threshold, key_from_seed, load_codec, matches, null_calibration,
                                  random_keys, watermark)
 from trustdiff.watermark.codec import decode_bits
 from trustdiff.watermark.recipe import RecipeJob, clean_reference, run_recipe
 from trustdiff.watermark.null import synthetic_strokes
-from trustdiff.watermark.sweeps import bit_length_sweep, distortion_grid, plot_sweep, weight_noise_sweep
+from trustdiff.watermark.sweeps import bit_length_sweep, distortion_grid, weight_noise_sweep
 from trustdiff.watermark.training import CodecJob
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,6 +1,5 @@
 """Attacks: PGD against closed forms on a linear model, projection invariants, BPDA, AutoAttack
 and torchattacks cross-checks, and soundness checks that fire on planted faults."""
-import math
 
 import pytest
 import torch

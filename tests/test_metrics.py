@@ -1,5 +1,4 @@
 """Exact intervals and per-image fidelity against closed forms."""
-import math
 
 import pytest
 import torch

@@ -69,6 +69,25 @@ def test_madry_loss_is_smoothed_ce_at_the_pgd_point():
     torch.testing.assert_close(got, F.cross_entropy(net(x_adv), y, reduction="none", label_smoothing=0.1))
 
 
+def test_an_augmented_step_is_the_loss_at_the_augmented_batch_with_its_targets():
+    from trustdiff.advtrain.augment import augment
+
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g)
+    for name in ("cutmix", "idbh"):
+        got = adversarial_loss_fn("madry", eps=0.1, alpha=0.025, steps=3, augment=name, num_classes=3)(
+            net, x, y, torch.Generator().manual_seed(4))
+        gen = torch.Generator().manual_seed(4)                      # the same stream: augment, then the attack
+        xa, t = augment(name, x, y, 3, gen)
+        x_adv = pgd(net, xa, t.argmax(1), eps=0.1, alpha=0.025, steps=3, loss="ce", generator=gen)
+        torch.testing.assert_close(got, F.cross_entropy(net(x_adv), t, reduction="none", label_smoothing=0.1))
+    with pytest.raises(InputError, match="num_classes"):
+        adversarial_loss_fn("trades", eps=0.1, alpha=0.025, augment="cutout")
+    with pytest.raises(InputError, match="augment"):
+        AdvTrainJob(augment="mixup")
+
+
 def test_the_attack_runs_in_eval_mode_and_restores_train_mode():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 3)).train()
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
@@ -248,8 +267,9 @@ def test_cli_train_then_eval(tmp_path):
     run, ev = tmp_path / "at", tmp_path / "ev"
     args = ["advtrain", "train", "--resolution", "8", "--generated", str(gen), "--arch", "small-cnn", "--epochs", "2",
             "--batch", "32", "--lr", "0.05", "--warmup-epochs", "1", "--holdout", "64", "--attack-steps", "2",
-            "--eps", "0.1", "--iters-per-epoch", "3", "--out", str(run)]
+            "--eps", "0.1", "--iters-per-epoch", "3", "--augment", "cutmix", "--out", str(run)]
     assert main(args) == 0
+    assert json.loads((run / "metrics.json").read_text())["augment"] == "cutmix"
     assert {"best", "last", "epochs.jsonl", "metrics.json"} <= {p.name for p in run.iterdir()}
     assert main(["advtrain", "eval", "--run", str(run), "-n", "32", "--no-autoattack", "--n-check", "8",
                  "--out", str(ev)]) == 0

@@ -26,7 +26,8 @@ METHODS = ("trades", "madry")
 
 
 def smooth_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Cross-entropy against (1 − s)·onehot(y) + s/K, per example."""
+    """Cross-entropy against (1 − s)·onehot(y) + s/K, per example; ``y`` int labels [B] or class
+    probabilities [B, K] (CutMix's mixed targets), smoothed the same way."""
     return F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
 
 
@@ -71,19 +72,29 @@ def adversary(net, x, y, *, method: str, eps: float, alpha: float, steps: int, n
 
 
 def adversarial_loss_fn(method: str = "trades", *, eps: float, alpha: float, steps: int = 10, norm: str = "linf",
-                        beta: float = 5.0, smoothing: float = 0.1):
-    """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`: the attack (from the
-    loop's generator), then the TRADES or Madry loss with the network in training mode."""
+                        beta: float = 5.0, smoothing: float = 0.1, augment: str = "none", num_classes: int | None = None):
+    """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`: the batch
+    augmented (:func:`trustdiff.advtrain.augment.augment`, from the loop's generator), the attack on
+    the augmented images, then the TRADES or Madry loss with the network in training mode. Under
+    CutMix the loss's cross-entropy takes the mixed targets and Madry's attack the larger label."""
+    from .augment import augment as augment_batch, check_augment
+
     if method not in METHODS:
         raise InputError(f"method: expected one of {METHODS}, got {method!r}")
     if not beta >= 0 or not 0 <= smoothing < 1:
         raise InputError(f"beta >= 0 and smoothing in [0, 1): got beta={beta!r}, smoothing={smoothing!r}")
+    if check_augment(augment) != "none" and not (isinstance(num_classes, int) and num_classes >= 2):
+        raise InputError(f"augment {augment!r}: expected num_classes >= 2, got {num_classes!r}")
 
     def loss_fn(net, x, y, generator):
+        target = y
+        if augment != "none":
+            x, target = augment_batch(augment, x, y, num_classes, generator)
+            y = target.argmax(1)
         x_adv = adversary(net, x, y, method=method, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator)
         if method == "trades":
             # two passes, as the reference: in training mode BatchNorm normalizes each batch by itself
-            return trades_loss(net(x), net(x_adv), y, beta=beta, smoothing=smoothing)
-        return madry_loss(net(x_adv), y, smoothing=smoothing)
+            return trades_loss(net(x), net(x_adv), target, beta=beta, smoothing=smoothing)
+        return madry_loss(net(x_adv), target, smoothing=smoothing)
 
     return loss_fn

@@ -66,6 +66,7 @@ class AdvTrainJob:
     ema_decay: float = 0.995
     holdout: int = 1024                 # training images held out for model selection
     select_steps: int = 40              # PGD-k (CW loss) on the held-out slice after each epoch
+    augment: str = "none"               # trustdiff.advtrain.augment.AUGMENTATIONS, on every training batch
     seed: int = 0
 
     def __post_init__(self):
@@ -79,6 +80,8 @@ class AdvTrainJob:
                 raise InputError(f"{name}: expected an integer >= 1, got {getattr(self, name)!r}")
         if not self.eps > 0:
             raise InputError(f"eps: expected > 0, got {self.eps!r}")
+        from .augment import check_augment
+        check_augment(self.augment)
 
     @property
     def step_size(self) -> float:
@@ -181,7 +184,7 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
     net = build_net(job, c, r, num_classes)
     evaluator = build_net(job, c, r, num_classes).eval().requires_grad_(False)
     meta = {"data": job.data, "method": job.method, "eps": job.eps, "norm": job.norm, "n_real": n_real,
-            "n_generated": len(data[0]) - n_real, "arch_name": job.arch}
+            "n_generated": len(data[0]) - n_real, "arch_name": job.arch, "augment": job.augment}
 
     ck = latest_checkpoint(run_dir) if resume else None
     rows = _read_epochs(run_dir, up_to_step=int(ck.name.split("-")[1]) if ck is not None else 0)
@@ -208,7 +211,8 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
     if ck is not None and not any(r["step"] == int(ck.name.split("-")[1]) for r in rows):
         on_epoch(int(ck.name.split("-")[1]))      # the kill came between a checkpoint and its evaluation
     result = fit(net, adversarial_loss_fn(job.method, eps=job.eps, alpha=job.step_size, steps=job.attack_steps,
-                                          norm=job.norm, beta=job.beta, smoothing=job.smoothing),
+                                          norm=job.norm, beta=job.beta, smoothing=job.smoothing, augment=job.augment,
+                                          num_classes=num_classes),
                  data, cfg, run_dir, resume=resume, optimizer="sgd", on_checkpoint=on_epoch,
                  stream=mixed_stream(n_real, job.real_fraction), device=device, precision=precision)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -19,6 +19,7 @@ import click
 
 from .common import COUNT, COUNT0, NONNEG, POSITIVE, SAMPLERS, run_command, seed_option, unsafe_pickle_option
 from .common import MODEL_HELP, adm_config_option
+from ..advtrain.augment import AUGMENTATIONS
 
 
 @click.group("advtrain")
@@ -102,10 +103,13 @@ def generate_cmd(run, model_dir, adm_config, num, sampler, steps, shard_size, ba
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None)
 @click.option("--ema", "ema_decay", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.995, show_default=True)
 @click.option("--holdout", type=COUNT0, default=None, help="Training images held out for model selection.")
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default="none", show_default=True,
+              help="Augmentation of every training batch (trustdiff.advtrain.augment; Wang et al. 2023, Table 5).")
 @seed_option()
 @run_command("advtrain train", out="runs/advtrain", resumable=True)
 def train_cmd(run, data, resolution, generated, n_generated, real_fraction, method, beta, preset, eps, attack_steps, arch,
-              width, epochs, iters_per_epoch, batch_size, lr, weight_decay, warmup_epochs, ema_decay, holdout, seed, out):
+              width, epochs, iters_per_epoch, batch_size, lr, weight_decay, warmup_epochs, ema_decay, holdout, augment, seed,
+              out):
     """TRADES / PGD-AT on mixed batches; OUT/best and OUT/last classifier folders, OUT/epochs.jsonl."""
     from ..advtrain import AdvTrainJob, train_adv
     from ..advtrain.training import PRESETS, prepare
@@ -114,7 +118,7 @@ def train_cmd(run, data, resolution, generated, n_generated, real_fraction, meth
                  batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, holdout=holdout)
     job = AdvTrainJob(data=data, resolution=resolution, generated=str(generated) if generated else None,
                       n_generated=n_generated, real_fraction=real_fraction, method=method, beta=beta,
-                      attack_steps=attack_steps, weight_decay=weight_decay, ema_decay=ema_decay, seed=seed,
+                      attack_steps=attack_steps, weight_decay=weight_decay, ema_decay=ema_decay, augment=augment, seed=seed,
                       **{k: given[k] if given[k] is not None else v for k, v in PRESETS[preset].items()})
     prepare(job)                                    # bad input fails here, before OUT is touched
     if not run.start(dict(job=job, preset=preset)):

@@ -260,6 +260,38 @@ def test_shards_resume_and_split_across_processes_give_the_same_set(tmp_path):
     assert x.shape == (10, 1, 8, 8) and y.tolist() == [i % 10 for i in range(10)]
 
 
+def test_an_unconditional_set_is_pseudo_labelled_and_filtered_by_confidence(tmp_path):
+    from trustdiff.advtrain import write_pseudo_labelled
+    from trustdiff.diffusion.model import ModelSpec, build_denoiser, write_shards
+
+    spec = ModelSpec(size="tiny", resolution=8, num_classes=None)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        _, den = build_denoiser(spec)
+    write_shards(den, spec, tmp_path / "u", 12, shard_size=5, seed=3, sampler="euler", steps=2)
+    with pytest.raises(InputError, match="pseudo-labelled"):
+        load_generated(tmp_path / "u")                       # unlabelled until a classifier labels them
+
+    class ByMean(nn.Module):                                 # class 0 for bright images, 1 for dark, sharply
+        def forward(self, x):
+            m = x.flatten(1).mean(1, keepdim=True) - 0.5
+            return torch.cat([m, -m], 1) * 40.0
+
+    from trustdiff.advtrain.generated import _read, shard_paths
+    x_all, _, seeds_all = _read(shard_paths(tmp_path / "u"))
+    p = torch.softmax(ByMean()(x_all), 1)
+    write_pseudo_labelled(tmp_path / "u", ByMean(), min_confidence=0.9, classifier_name="by-mean")
+    x, y = load_generated(tmp_path / "u")
+    want = p.max(1).values >= 0.9
+    assert 0 < int(want.sum()) < 12                          # the filter keeps some and drops some
+    assert len(x) == int(want.sum()) and torch.equal(y, p.argmax(1)[want]) and torch.allclose(x, x_all[want])
+    meta = json.loads((tmp_path / "u" / "labelled.json").read_text())
+    assert meta["labeller"] == "by-mean" and meta["min_confidence"] == 0.9 and meta["generated"] == 12
+    assert meta["kept"] == len(x) and sum(meta["per_class"]) == len(x)
+    with pytest.raises(InputError, match="min_confidence"):
+        write_pseudo_labelled(tmp_path / "u", ByMean(), min_confidence=1.5)
+
+
 def test_cli_train_then_eval(tmp_path):
     from trustdiff.cli import main
 
@@ -281,3 +313,29 @@ def test_cli_train_then_eval(tmp_path):
     assert not (tmp_path / "bad").exists()
     assert main(["advtrain", "train", "--generated", str(tmp_path / "none"), "--out", str(tmp_path / "bad2")]) == 2
     assert not (tmp_path / "bad2").exists()
+
+
+def test_cli_sweep_over_sampling_steps_of_a_pseudo_labelled_unconditional_model(tmp_path):
+    from trustdiff.cli import main
+
+    model, clf, out = tmp_path / "u", tmp_path / "clf", tmp_path / "sweep"
+    assert main(["train", "--unconditional", "--resolution", "8", "--size", "tiny", "--steps", "2", "--batch", "8",
+                 "--out", str(model)]) == 0
+    assert main(["train-classifier", "--resolution", "8", "--steps", "3", "--width", "4", "--out", str(clf)]) == 0
+    args = ["advtrain", "sweep", "--model", str(model), "--sample-steps", "1,2", "-n", "24", "--sampler", "euler",
+            "--label-classifier", str(clf), "--resolution", "8", "--arch", "small-cnn", "--width", "4", "--epochs", "1",
+            "--iters-per-epoch", "2", "--batch", "16", "--holdout", "32", "--attack-steps", "1", "--no-autoattack",
+            "--test-images", "16", "--n-check", "4", "--feature-steps", "5", "--out", str(out)]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [r["steps"] for r in m["rows"]] == [1, 2] and m["labeller"] == str(clf)
+    assert all(r["fd"] > 0 and r["fd_floor"] > 0 and r["pgd40"]["n"] == 16 for r in m["rows"])
+    assert m["fd_vs_robust"]["robust"] == "pgd40" and m["fd_vs_robust"]["n"] == 2
+    assert (out / "steps-1" / "generated" / "labelled.json").is_file() and "Spearman" in (out / "report.md").read_text()
+    before = (out / "steps-2" / "eval.json").stat().st_mtime_ns
+    assert main(args[:-1] + [str(out), "--resume"]) == 0                    # every part on disk: nothing reruns
+    assert (out / "steps-2" / "eval.json").stat().st_mtime_ns == before
+    # an unconditional model without a labeller: one line, nothing written
+    i = args.index("--label-classifier")
+    assert main(args[:i] + args[i + 2:-1] + [str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

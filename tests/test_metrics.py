@@ -32,3 +32,22 @@ def test_psnr_and_ssim_closed_forms():
     assert (ssim(z, noisy) < 0.9).all()
     with pytest.raises(InputError, match="same shape"):
         psnr(x, z[:1])
+
+
+def test_rank_correlation_is_spearman_with_an_exact_permutation_p_value():
+    from scipy.stats import spearmanr
+
+    from trustdiff.metrics import rank_correlation
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (7,), generator=g).double()             # ties, averaged as scipy does
+    b = torch.rand(7, generator=g).double()
+    r = rank_correlation(a, b)
+    assert r["rho"] == pytest.approx(spearmanr(a.numpy(), b.numpy()).statistic)
+    assert r["lo"] <= r["rho"] <= r["hi"]
+    # four rows in exactly reversed order: ρ = −1, reached (in |ρ|) by 2 of the 4! = 24 pairings
+    r = rank_correlation([1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6])
+    assert r["rho"] == -1 and r["p_exact"] == pytest.approx(2 / 24) and r["lo"] is None
+    assert rank_correlation([1, 2, 3], [1, 3, 2])["lo"] is None       # n = 3: no Fisher interval
+    with pytest.raises(InputError, match="rank_correlation"):
+        rank_correlation([1, 2], [1])

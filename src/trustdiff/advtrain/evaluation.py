@@ -37,8 +37,9 @@ def check_run(run_dir) -> dict:
 
 def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, images: int | None = None,
                  autoattack: bool = True, n_check: int = 64, seed: int = 0, batch_size: int = 256,
-                 allow_pickle: bool = False, device=None, precision: str = "fp32") -> dict:
-    """Clean, PGD-40 and AutoAttack accuracy of the run's best and last networks on ``device``
+                 allow_pickle: bool = False, device=None, precision: str = "fp32",
+                 networks: tuple[str, ...] = ("best", "last")) -> dict:
+    """Clean, PGD-40 and AutoAttack accuracy of the run's ``networks`` (best and last) on ``device``
     (default: the CPU); the test images go there too, so the attacks' generators do as well.
     ``precision="bf16"`` evaluates the networks under autocast (what is attacked is then the
     bf16 network). The result records ``device`` and ``precision``."""
@@ -56,13 +57,16 @@ def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, 
         attacks.append(autoattack_attack(eps, job["norm"], "standard"))
     out = {"run": str(run_dir), "eps": eps, "norm": job["norm"], "n": len(x), "models": {}, "device": str(device),
            "precision": precision}
-    for which in ("best", "last"):
+    if not networks or not set(networks) <= {"best", "last"}:
+        raise InputError(f"networks: expected some of best, last, got {networks!r}")
+    for which in networks:
         net = with_precision(load_classifier(run_dir / which, allow_pickle=allow_pickle).to(device), precision)
         rep = evaluate(net, x, y, attacks, seed=seed, batch_size=batch_size, n_check=n_check)
         out["models"][which] = {"epoch": classifier_config(run_dir / which).get("epoch"), "report": rep}
-    b, l = (out["models"][k]["report"] for k in ("best", "last"))
-    out["gap"] = {"clean": b["clean"]["value"] - l["clean"]["value"],
-                  "worst_case": b["worst_case"]["value"] - l["worst_case"]["value"]}
+    if {"best", "last"} <= set(out["models"]):
+        b, l = (out["models"][k]["report"] for k in ("best", "last"))
+        out["gap"] = {"clean": b["clean"]["value"] - l["clean"]["value"],
+                      "worst_case": b["worst_case"]["value"] - l["worst_case"]["value"]}
     return out
 
 
@@ -71,16 +75,18 @@ def _fmt(p: dict) -> str:
 
 
 def report_markdown(res: dict) -> str:
-    head = ["| network | epoch | clean | " + " | ".join(a["name"] for a in res["models"]["best"]["report"]["attacks"])
-            + " | worst case | checks |", "|---" * (5 + len(res["models"]["best"]["report"]["attacks"])) + "|"]
+    first = next(iter(res["models"].values()))["report"]["attacks"]
+    head = ["| network | epoch | clean | " + " | ".join(a["name"] for a in first)
+            + " | worst case | checks |", "|---" * (5 + len(first)) + "|"]
     rows = []
     for which, m in res["models"].items():
         r = m["report"]
         rows.append(f"| {which} | {m['epoch']} | {_fmt(r['clean'])} | " + " | ".join(_fmt(a["robust"]) for a in r["attacks"])
                     + f" | {_fmt(r['worst_case'])} | {'reliable' if r['reliable'] else 'UNRELIABLE'} |")
-    gap = res["gap"]
+    gap = res.get("gap")
     text = [f"# Adversarial training: {res['run']} ({res['norm']} ε = {res['eps']:g}, n = {res['n']})\n", *head, *rows,
-            f"\nBest − last: clean {gap['clean']:+.3f}, worst case {gap['worst_case']:+.3f} (robust overfitting).\n"]
+            f"\nBest − last: clean {gap['clean']:+.3f}, worst case {gap['worst_case']:+.3f} (robust overfitting).\n"
+            if gap else ""]
     for which, m in res["models"].items():
         text += [f"## {which}\n", to_markdown(m["report"])]
     return "\n".join(text)

@@ -43,3 +43,45 @@ def bounded_mean(values, level: float = 0.95) -> dict:
         raise InputError(f"bounded_mean: expected 0 < level < 1, got {level}")
     m, h = float(v.mean()), math.sqrt(math.log(2 / (1 - level)) / (2 * n))
     return {"value": m, "n": n, "lo": max(0.0, m - h), "hi": min(1.0, m + h), "level": level, "method": "hoeffding"}
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n, ties given their mean rank."""
+    order = torch.argsort(v, stable=True)
+    r = torch.empty(len(v), dtype=torch.float64)
+    r[order] = torch.arange(1, len(v) + 1, dtype=torch.float64)
+    for u in torch.unique(v):
+        tie = v == u
+        r[tie] = r[tie].mean()
+    return r
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float((a.norm() * b.norm()))
+    return float((a * b).sum()) / den if den > 0 else float("nan")
+
+
+def rank_correlation(a, b, level: float = 0.95) -> dict:
+    """Spearman's ρ between paired values with a Fisher-z interval (tanh(atanh ρ ± z·√(1.06/(n − 3))),
+    Fieller, Hartley & Pearson 1957; None for n ≤ 3) and the exact two-sided permutation p-value
+    over all n! pairings (n ≤ 8; else None): a small sweep's ρ is reported with what it can support."""
+    import itertools
+
+    from scipy.stats import norm
+
+    a, b = torch.as_tensor(a, dtype=torch.float64).flatten(), torch.as_tensor(b, dtype=torch.float64).flatten()
+    n = len(a)
+    if n != len(b) or n < 2:
+        raise InputError(f"rank_correlation: expected two sequences of the same length >= 2, got {len(a)} and {len(b)}")
+    ra, rb = _ranks(a), _ranks(b)
+    rho = round(_pearson(ra, rb), 12)                  # ±1 exactly when the ranks agree exactly
+    out = {"rho": rho, "n": n, "level": level, "lo": None, "hi": None, "p_exact": None,
+           "method": "Spearman; Fisher z with variance 1.06/(n-3); exact permutation p"}
+    if n > 3 and abs(rho) < 1:
+        h = norm.ppf(0.5 + level / 2) * math.sqrt(1.06 / (n - 3))
+        out["lo"], out["hi"] = math.tanh(math.atanh(rho) - h), math.tanh(math.atanh(rho) + h)
+    if n <= 8 and rho == rho:
+        perms = [_pearson(ra, rb[list(p)]) for p in itertools.permutations(range(n))]
+        out["p_exact"] = sum(abs(r) >= abs(rho) - 1e-12 for r in perms) / len(perms)
+    return out

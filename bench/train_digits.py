@@ -64,6 +64,15 @@ def train_step_gflop(job: DiffusionJob) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def bench_job(steps: int, *, size: str = "small", batch: int = 128, lr: float = 2e-3,
+              conditional: bool = True) -> DiffusionJob:
+    """The training bench's diffusion job (the model the purify and adversarial-training benches
+    use); ``conditional=False``: the same budget for an unconditional model."""
+    return DiffusionJob(size=size, conditional=conditional,
+                        train=TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=200, ema_halflife_kimg=50.0,
+                                          checkpoint_every=500, log_every=100, seed=0))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=25.0,
@@ -103,9 +112,7 @@ def main():
         times.append(time.perf_counter() - t)
     step_s = min(times[1:])
     steps = args.steps or int(args.minutes * 60 / (step_s * 1.08))       # ~8% for EMA, logging, checkpoints
-    job = DiffusionJob(size=args.size, train=TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr,
-                                                         warmup_steps=200, ema_halflife_kimg=50.0,
-                                                         checkpoint_every=500, log_every=100, seed=0))
+    job = bench_job(steps, size=args.size, batch=args.batch, lr=args.lr)
     print(f"training {steps} steps of batch {args.batch}" + ("" if args.steps else f" (~{args.minutes} min)"))
     t0 = time.time()
     model_dir = train_diffusion(job, out / "train", resume=args.resume)

@@ -280,6 +280,23 @@ def test_embed_writes_a_loadable_watermarked_set(overfit_codec, tmp_path):
         watermark(codec, torch.rand(2, 3, 16, 16), key)
 
 
+def test_strength_scales_the_residual_and_buys_its_psnr(overfit_codec):
+    from trustdiff.watermark.codec import encode
+
+    codec, x, _ = overfit_codec
+    key = parse_key("0xa5", 8)
+    full = encode(codec, x, key)
+    for a in (0.5, 0.9):
+        torch.testing.assert_close(encode(codec, x, key, strength=a) - x, a * (full - x))
+        wm, wm1 = watermark(codec, x, key, strength=a, round_uint8=False), watermark(codec, x, key, round_uint8=False)
+        # PSNR(α) = PSNR(1) − 20·log10 α exactly before rounding
+        torch.testing.assert_close(wm["psnr"], wm1["psnr"] - 20 * math.log10(a))
+    assert torch.equal(encode(codec, x, key, strength=1.0), full)
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(InputError, match="strength"):
+            encode(codec, x, key, strength=bad)
+
+
 def test_detect_finds_the_key_and_not_another(overfit_codec):
     codec, x, _ = overfit_codec
     key = parse_key("10110010", 8)

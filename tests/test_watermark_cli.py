@@ -62,6 +62,12 @@ def test_embed_then_detect(codec_run, tmp_path):
     run(["embed", "--codec", codec_run, "--split", "test", "--per-image-keys", "--key-seed", "3", "--out", tmp_path / "pi"])
     with np.load(tmp_path / "pi" / "watermarked.npz") as d:
         assert d["keys"].shape == (359, 8) and "key" not in d.files
+    # a weaker residual: a higher PSNR, recorded
+    run(["embed", "--codec", codec_run, "--split", "test", "--key-seed", "7", "--strength", "0.5", "--out", tmp_path / "half"])
+    full, half = (json.loads((d / "metrics.json").read_text()) for d in (emb, tmp_path / "half"))
+    assert half["strength"] == 0.5 and full["strength"] == 1.0 and half["psnr_mean"] > full["psnr_mean"] + 5
+    r = run(["embed", "--codec", codec_run, "--strength", "0", "--out", tmp_path / "bad-s"], ok=False)
+    assert r.exit_code == 2 and "--strength" in r.output and not (tmp_path / "bad-s").exists()
 
 
 def test_wrong_keys_are_one_line_errors_and_write_nothing(codec_run, tmp_path):

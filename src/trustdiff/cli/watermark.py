@@ -109,10 +109,12 @@ def _resolve_key(key, key_file, key_seed, n_bits):
 @click.option("--key-file", default=None, type=click.Path(path_type=Path), help="A key.txt written by embed/recipe, or a file with bits/hex.")
 @click.option("--key-seed", default=None, type=SEED, help="Derive a fresh key from this seed (written to OUT/key.txt).")
 @click.option("--per-image-keys", is_flag=True, help="Give every image its own random key (from --key-seed), stored in the .npz.")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Residual scale α: x + α·(E(x, key) − x) (below 1: higher PSNR, a weaker residual to read).")
 @seed_option("Data split seed.")
 @unsafe_pickle_option
 @run_command("watermark embed", out="runs/embed")
-def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_keys, seed, allow_pickle, out):
+def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_keys, strength, seed, allow_pickle, out):
     """Watermark a data set: OUT/watermarked.npz (uint8 images, labels, key, PSNR/SSIM per image)."""
     import torch
 
@@ -137,16 +139,17 @@ def embed_cmd(run, codec_dir, data, split, key, key_file, key_seed, per_image_ke
     else:
         k, source = _resolve_key(key, key_file, key_seed, codec.n_bits)
     config = dict(codec=str(codec_dir), data=data, split=split, seed=seed, key_source=source, per_image_keys=per_image_keys,
-                  key_seed=key_seed, images=len(x))
+                  key_seed=key_seed, images=len(x), strength=strength)
     if not run.start(config):
         return
-    result = wm_images(codec, x.to(run.device), k, precision=run.precision)   # on the codec's device
+    result = wm_images(codec, x.to(run.device), k, precision=run.precision, strength=strength)   # on the codec's device
     path = write_watermarked(out / "watermarked.npz", result, y)
     if k.ndim == 1:
         write_key(out / "key.txt", k, source=source)
     save_png(out / "grid.png", make_grid(torch.cat([x[:10], result["images"][:10].cpu()]), nrow=10))
     metrics = {**summary(result), "key_source": source, "per_image_keys": per_image_keys, "data": data, "split": split,
-               "seed": seed, "key_seed": key_seed, "device": ran_on(codec, result["images"]), "precision": run.precision}
+               "seed": seed, "key_seed": key_seed, "strength": strength, "device": ran_on(codec, result["images"]),
+               "precision": run.precision}
     if k.ndim == 1:
         metrics |= {"key_bits": key_to_bits(k), "key_hex": key_to_hex(k)}
     atomic_write_json(out / "metrics.json", metrics)
@@ -251,11 +254,14 @@ def detect_cmd(run, codec_dir, images, split, key, key_file, key_seed, fpr, cali
 @click.option("--weight-noise", default="", help="Comma-separated stds: Gaussian noise on the watermarked model's weights "
               "→ Bit-Acc, detection and FD per std (the recipe's robustness table), e.g. 0,0.001,0.01.")
 @click.option("--weight-noise-n", type=COUNT, default=200, show_default=True, help="Images generated per weight-noise std.")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Residual scale α: x + α·(E(x, key) − x) (below 1: higher PSNR, a weaker residual to read).")
 @seed_option()
 @run_command("watermark recipe", out="runs/recipe", resumable=True)
 def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
                codec_steps, codec_batch, codec_lr, codec_dir, key, key_seed, size, steps, batch, lr, unconditional,
-               clean_model, n_generate, sample_steps, fpr, no_fd, feature_steps, weight_noise, weight_noise_n, seed, out):
+               clean_model, n_generate, sample_steps, fpr, no_fd, feature_steps, weight_noise, weight_noise_n, strength, seed,
+               out):
     """The recipe end to end: codec → watermarked set → diffusion model → generation → detection,
     beside a model trained on clean data; OUT/metrics.json. Finished stages are reused."""
     from dataclasses import replace
@@ -293,7 +299,7 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
                                      ema_halflife_kimg=20.0, checkpoint_every=500, log_every=50, seed=seed))
     job = RecipeJob(data=data, resolution=resolution, n_bits=n_bits, key=key, key_seed=key_seed, codec=codec,
                     diffusion=diff, n_generate=n_generate, sample_steps=sample_steps, fpr=fpr, fd=not no_fd,
-                    feature_steps=feature_steps, seed=seed)
+                    feature_steps=feature_steps, strength=strength, seed=seed)
     if not run.start(job.resolved()):
         return
     m = run_recipe(job, out, codec_dir=codec_dir, clean_model=clean_model, progress=click.echo, device=run.device,

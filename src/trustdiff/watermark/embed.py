@@ -30,7 +30,7 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, round_uint8: bool = True,
-              precision: str = "fp32") -> dict:
+              precision: str = "fp32", strength: float = 1.0) -> dict:
     """Watermark images and measure the cost.
 
     Args:
@@ -39,6 +39,7 @@ def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, roun
         key: [n] (one key for every image) or N×n (per-image keys), 0/1.
         round_uint8: round the result to uint8 levels first (as written to disk).
         precision: the codec's (:func:`~trustdiff.watermark.codec.encode`); the figures are fp32.
+        strength: the residual scale α of :func:`~trustdiff.watermark.codec.encode`.
 
     Returns:
         ``{"images": x_w, "key": key, "psnr": [N], "ssim": [N], "bit_acc": [N]}`` (tensors; the
@@ -46,7 +47,7 @@ def watermark(codec: Codec, x: torch.Tensor, key, *, batch_size: int = 256, roun
     """
     check_images(x, name="images")
     k = check_key(key, codec.n_bits, per_image=len(x))
-    xw = encode(codec, x, k, batch_size=batch_size, precision=precision)
+    xw = encode(codec, x, k, batch_size=batch_size, precision=precision, strength=strength)
     if round_uint8:
         xw = quantize(xw)
     acc = bit_accuracy(decode_bits(codec, xw, precision=precision), k)

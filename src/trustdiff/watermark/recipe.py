@@ -32,7 +32,7 @@ from ..images import make_grid, save_png
 from ..persist import atomic_write_bytes, atomic_write_json
 from ..train import TrainConfig
 from ..train.diffusion import DiffusionJob, train_diffusion
-from .codec import CODEC_DIR, load_codec
+from .codec import CODEC_DIR, check_strength, load_codec
 from .detect import detect
 from .codec import decode_bits
 from .embed import examples_grid, summary, watermark, write_npz, write_watermarked
@@ -69,6 +69,7 @@ class RecipeJob:
     other_images: int = 2000        # synthetic strokes: clean images of another distribution
     fd: bool = True
     feature_steps: int = 300        # FD feature net training steps (cached)
+    strength: float = 1.0           # residual scale α of the embedding (trustdiff.watermark.codec.encode)
     seed: int = 0
 
     def resolved(self) -> "RecipeJob":
@@ -201,6 +202,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
             detection, FD (default: the CPU); ``precision``: of training, sampling, embedding
             and decoding (calibration and detection decode alike). metrics.json records both.
     """
+    check_strength(job.strength)
     device = torch.device(device) if device is not None else torch.device("cpu")
     job = job.resolved()
     out = Path(out)
@@ -219,12 +221,12 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
     progress("[embed] watermarking the training set")
     train = load_data(job.data, resolution=job.resolution, split="train", seed=job.seed)
     x_train, y_train = train.tensors()
-    wm = watermark(codec, x_train.to(device), key, precision=precision)
+    wm = watermark(codec, x_train.to(device), key, precision=precision, strength=job.strength)
     write_watermarked(out / "watermarked.npz", wm, y_train)
     save_png(out / "examples.png", examples_grid(x_train, wm["images"]))
     embed_fig = summary(wm)
     x_test = load_data(job.data, resolution=job.resolution, split="test", seed=job.seed).tensors()[0].to(device)
-    wm_test = watermark(codec, x_test, key, precision=precision)
+    wm_test = watermark(codec, x_test, key, precision=precision, strength=job.strength)
     stage("embed")
 
     progress("[diffusion] training on the watermarked set")
@@ -267,7 +269,7 @@ def run_recipe(job: RecipeJob, out, *, codec_dir=None, clean_model=None, progres
     metrics = {
         "key": {"bits": key_to_bits(key), "hex": key_to_hex(key), "source": "given" if job.key is not None else f"seed {job.key_seed}"},
         "codec": load_codec_meta(codec_dir, out),
-        "embed": embed_fig, "embed_heldout": summary(wm_test),
+        "embed": embed_fig, "embed_heldout": summary(wm_test), "strength": job.strength,
         "threshold": thr.to_json(), "null_checks": [c.to_json() for c in checks], "null_checks_by_set": per_set,
         "detection": results, "fd": fd, "seconds": times,
         "headline": {

@@ -19,8 +19,8 @@ Checks (the expensive ones on the first ``n_check`` examples):
   bounds       every x_adv is within ε (+1e-5) of x and within [0, 1];
   convergence  twice the steps lowers robust accuracy by at most max(steps_margin, 2/n_check),
                or the worst case over all attacks is already at or below the doubled-steps figure;
-  protocols    (N > 1) worst-of-N ≤ expected ≤ one-evaluation-clean ordering holds on every attack,
-               worst-of-N ≤ one evaluation, and a deterministic model's N passes all agree;
+  protocols    (N > 1) worst-of-N ≤ expected ≤ clean and worst-of-N ≤ one evaluation, on every
+               attack and in the worst case; a deterministic model's N passes all agree;
   fixed        (fixed=True) the defense with its randomness fixed is deterministic, and its own
                report (the checks above, on the fixed model) is reliable.
 """
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..errors import InputError
 from ..metrics.intervals import bounded_mean, proportion
 from .autoattack import autoattack
 from .bpda import BPDAClassifier
@@ -157,6 +158,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
     ``FixedRandomness(model, seed)`` under the attacks without randomness
     (:meth:`Attack.without_randomness`; BPDA is not rerun there: with the noise known the
     full gradient is exact)."""
+    if isinstance(n_evals, bool) or not isinstance(n_evals, int) or n_evals < 1:
+        raise InputError(f"n_evals: expected an integer >= 1, got {n_evals!r}")
     gen = torch.Generator(device=x.device).manual_seed(seed)
     n = len(x)
     k = min(n_check, n)

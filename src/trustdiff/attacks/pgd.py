@@ -12,8 +12,7 @@ example, the iterate misclassified by the most of its EOT passes — each iterat
 the ``eot`` passes its gradient step already made, the final one by ``eot`` more forward passes —
 ties going to the later iterate, so an example no iterate fools gets x_T, as with ``last``. A
 randomized defense's last iterate is only one draw of where the attack went; the iterate that
-fooled the most passes is the one an attacker submits (Wang et al. 2024, *DiffHammer*, select
-the attack's best sample rather than its last).
+fooled the most passes is the one an attacker who can query the defense would submit.
 """
 from __future__ import annotations
 

@@ -355,7 +355,8 @@ def command_plan(w: Path, n_cmp: int):
                                  "--max", "4", "--shard", "1/2"], "certs"),
         ("purify eval", ["purify", "eval", "--classifier", d("clf"), "--denoiser", d("m"), "--t-star", "0.1",
                          "--sample-steps", "2", "--attack", "pgd-eot", "--attack-steps", "1", "--eot", "2",
-                         "--eot-batch", "2", "--checkpoint", "-n", n_cmp, "--n-check", "2"], "pur"),   # stacked EOT, _Recompute
+                         "--eot-batch", "2", "--checkpoint", "-n", n_cmp, "--n-check", "2", "--votes", "2",
+                         "--n-evals", "3"], "pur"),   # stacked EOT, _Recompute, votes, worst of N, fixed randomness
         ("watermark train-codec", ["watermark", "train-codec", *CODEC], "codec"),
         ("watermark embed", ["watermark", "embed", "--codec", d("codec"), "--split", "test", "--key-seed", "7"], "emb"),
         ("watermark detect", ["watermark", "detect", "--codec", d("codec"), "--images", d("emb", "watermarked.npz"),
@@ -376,7 +377,8 @@ def command_plan(w: Path, n_cmp: int):
         ("advtrain generate", ["advtrain", "generate", "--model", d("m"), "-n", "40", "--sample-steps", "2"], "gen"),
         ("advtrain train", ["advtrain", "train", "--resolution", "8", "--generated", d("gen"), "--arch", "small-cnn",
                             "--width", "8", "--epochs", "1", "--batch", "16", "--holdout", "16", "--attack-steps", "1",
-                            "--iters-per-epoch", "2", "--eps", "0.1", "--warmup-epochs", "0"], "at"),
+                            "--iters-per-epoch", "2", "--eps", "0.1", "--warmup-epochs", "0", "--augment", "idbh"],
+         "at"),                                                       # augmentations drawn from the device's generator
         ("advtrain eval", ["advtrain", "eval", "--run", d("at"), "-n", n_cmp, "--no-autoattack", "--n-check", "2"], "ev"),
     ]
 

@@ -152,6 +152,8 @@ CASES = [
     ("t2i-generate-of-diffusion-run", "t2i generate --pipeline {fx}/m --prompt seven --out {new}"),
     ("embed-codec-is-diffusion", "watermark embed --codec {fx}/m --key-seed 1 --out {new}"),
     ("advtrain-generate-unconditional", "advtrain generate --model {fx}/mu -n 4 --out {new}"),
+    ("advtrain-sweep-unconditional-unlabelled", "advtrain sweep --model {fx}/mu -n 4 --out {new}"),
+    ("advtrain-sweep-bad-steps", "advtrain sweep --model {fx}/m --sample-steps 0,2 -n 4 --out {new}"),
     ("certify-merge-no-shards", "certify-merge {fx}/user"),
     ("t2i-verify-missing-pipeline", "watermark t2i verify --pipeline {fx}/nope --original {fx}/t2i --target code --out {new}"),
     # corrupted and pickled model files

@@ -95,7 +95,7 @@ def load_model(folder, *, allow_pickle: bool = False, adm_config=None):
             spec = ModelSpec(precond="ddpm", size="diffusers", resolution=int(unet.config.sample_size),
                              channels=int(unet.config.in_channels), num_classes=None,
                              sigma_min=den.sigma_min, sigma_max=den.sigma_max, data="unknown")
-            return den, spec
+            return _own_storage(den), spec
         raise CheckpointError(f"{folder}: expected a trustdiff model folder (trustdiff.json + unet/) or a diffusers DDPM folder")
     try:
         meta = json.loads(meta_path.read_text())
@@ -113,7 +113,18 @@ def load_model(folder, *, allow_pickle: bool = False, adm_config=None):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{folder / 'unet'}: cannot load the network ({msg[:200]})") from None
     unet.eval().requires_grad_(False)
-    return Preconditioned(unet, spec.precond, spec.sigma_data), spec
+    return _own_storage(Preconditioned(unet, spec.precond, spec.sigma_data)), spec
+
+
+def _own_storage(module: torch.nn.Module) -> torch.nn.Module:
+    """Copy every weight out of the buffer the file was read into. A safetensors load leaves the
+    tensors at the file's byte offsets and a pickle load at its own: the vectorised kernels round
+    differently on differently aligned data (outputs 4e-7 apart from identical weights), so without
+    the copy the same weights in two formats do not give the same outputs."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            t.data = t.data.clone(memory_format=torch.contiguous_format)
+    return module
 
 
 def check_guidance(spec: ModelSpec, guidance: float) -> None:

@@ -58,6 +58,20 @@ def select(n: int, total: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
+def models(args):
+    """The bench's inputs → (x, y, indices, classifier, denoiser): --images test digits (16×16) by
+    the seeded selection, the standard classifier at --classifier (reused, or trained as the
+    certification bench trains it) and the diffusion model at --denoiser, both frozen."""
+    x_all, y_all = load("digits", resolution=16, split="test", seed=0).tensors()
+    idx = select(args.images, len(x_all), args.seed)
+    x_tr, y_tr = load("digits", resolution=16, split="train", seed=0).tensors()
+    clf_args = argparse.Namespace(classifier_steps=1500, width=32, seed=0)   # the certification bench's defaults
+    clf = reuse_or_train(args.classifier.parent.parent, args.classifier.name, x_tr, y_tr, noise_sigma=0.0,
+                         args=clf_args).eval().requires_grad_(False)
+    den, _ = load_model(args.denoiser)
+    return x_all[idx], y_all[idx], idx, clf, den.eval().requires_grad_(False)
+
+
 def timed(name: str, fn):
     t = time.perf_counter()
     out = fn()
@@ -105,17 +119,7 @@ def main():
     if not (args.denoiser / "trustdiff.json").is_file() and not (args.denoiser / "model" / "trustdiff.json").is_file():
         sys.exit(f"{args.denoiser}: no diffusion model; run python bench/train_digits.py first (or pass --denoiser)")
     torch.manual_seed(args.seed)
-
-    test = load("digits", resolution=16, split="test", seed=0)
-    x_all, y_all = test.tensors()
-    idx = select(args.images, len(x_all), args.seed)
-    x, y = x_all[idx], y_all[idx]
-    x_tr, y_tr = load("digits", resolution=16, split="train", seed=0).tensors()
-    clf_args = argparse.Namespace(classifier_steps=1500, width=32, seed=0)   # the certification bench's defaults
-    clf = reuse_or_train(args.classifier.parent.parent, args.classifier.name, x_tr, y_tr, noise_sigma=0.0,
-                         args=clf_args).eval().requires_grad_(False)
-    den, spec = load_model(args.denoiser)
-    den.eval().requires_grad_(False)
+    x, y, idx, clf, den = models(args)
     common = dict(seed=args.seed, batch_size=args.batch, n_check=args.n_check)
     results = {"config": vars(args) | {"denoiser": str(args.denoiser), "classifier": str(args.classifier),
                                        "json": str(args.json), "indices": idx.tolist(), "torch_threads": torch.get_num_threads()},

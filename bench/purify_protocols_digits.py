@@ -38,12 +38,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from certify_digits import classifier as reuse_or_train  # noqa: E402  (one trainer of the bench classifier)
-from purify_digits import select  # noqa: E402  (the purify bench's image selection)
+from purify_digits import models  # noqa: E402  (the purify bench's images, classifier and diffusion model)
 
 from trustdiff.attacks import evaluate, pgd_attack, to_markdown  # noqa: E402
-from trustdiff.data import load  # noqa: E402
-from trustdiff.diffusion.model import load_model  # noqa: E402
 from trustdiff.persist import atomic_write_bytes, atomic_write_json  # noqa: E402
 from trustdiff.purify import PurifiedClassifier  # noqa: E402
 
@@ -112,15 +109,7 @@ def main():
         sys.exit(f"{args.denoiser}: no diffusion model; run python bench/train_digits.py --steps 2523 --skip-fd first "
                  "(or pass --denoiser)")
     torch.manual_seed(args.seed)
-    x_all, y_all = load("digits", resolution=16, split="test", seed=0).tensors()
-    idx = select(args.images, len(x_all), args.seed)
-    x, y = x_all[idx], y_all[idx]
-    x_tr, y_tr = load("digits", resolution=16, split="train", seed=0).tensors()
-    clf_args = argparse.Namespace(classifier_steps=1500, width=32, seed=0)   # the certification bench's defaults
-    clf = reuse_or_train(args.classifier.parent.parent, args.classifier.name, x_tr, y_tr, noise_sigma=0.0,
-                         args=clf_args).eval().requires_grad_(False)
-    den, _ = load_model(args.denoiser)
-    den.eval().requires_grad_(False)
+    x, y, idx, clf, den = models(args)
     fp = fingerprint(clf, den)
     print(f"models {fp[:16]}; {len(x)} images; {torch.get_num_threads()} threads")
 

@@ -45,8 +45,9 @@ from trustdiff.watermark import load_codec, null_calibration, random_keys, water
 from trustdiff.watermark.attack_report import AttackJob, run_attack_report
 from trustdiff.watermark.attacks import TARGET_ATTACKS
 from trustdiff.watermark.detect import detect
+from trustdiff.watermark.embed import summary
 from trustdiff.watermark.null import shifted_copies
-from trustdiff.watermark.recipe import RecipeJob, clean_reference, fd_of, owner_key, run_recipe
+from trustdiff.watermark.recipe import RecipeJob, clean_reference, ensure_codec, fd_of, owner_key, run_recipe
 from trustdiff.watermark.search import resolve_search
 from trustdiff.watermark.stats import Threshold
 from trustdiff.watermark.sweeps import plot_sweep
@@ -106,6 +107,8 @@ def args_parser():
     a("--clean-model", type=Path, default=None,
       help="a clean diffusion model trained as the recipe trains its models (default: train one)")
     a("--seed", type=int, default=0)
+    a("--only-null", action="store_true",
+      help="rerun only the per-key null of a finished run (its codecs trained again if absent); the rest is kept")
     a("--smoke", action="store_true", help="tiny sizes (minutes): proves the pipeline, not the claims")
     a("--out", type=Path, default=Path("bench/results/watermark_attacks"))
     a("--json", type=Path, default=Path("bench/results/watermark_attacks.json"))
@@ -268,7 +271,28 @@ def main(argv=None) -> int:
             for set_name, v in r["sets"].items():
                 print(f"   search {s}: {set_name} {v['images']} images, mean Bit-Acc {v['mean_bit_acc']:.4f}, "
                       f"checks failed {v['checks_failed']}/{v['checks']} (a fair decoder fails ~{v['expected_failures_if_fair']:.1f})")
+                print("      keys failing per nominal rate: " + ", ".join(
+                    f"{f} {a['keys_failing']}/{r['keys']} (alpha {a['alpha']:.2g}, max rate {a['max_rate']:.2g})"
+                    for f, a in v["failed_at"].items()))
         return res
+
+    if args.only_null:                      # the per-key null rerun on each codec; every other figure kept
+        if not prior.get("claims"):
+            sys.exit(f"--only-null: expected a finished run's {args.json}, got none")
+        report = prior | {"seconds": report["seconds"], "null_command": args.command}
+        args.command = prior["args"]["command"]
+        for name, job in codecs.items():
+            codec = ensure_codec(job, out / name)
+            same = reproduces(codec, job, key, prior[f"recipe_{name}"]["embed"])
+            print(f"   {name} codec: the training set embedded as in the run: {same}")
+            if not same["identical"]:
+                sys.exit(f"--only-null: the {name} codec trained again embeds differently from the run's ({same}); "
+                         "its null would not be the attacked codec's")
+            r = stage(f"null_{name}", lambda codec=codec: null_stage(codec))
+            r["codec_reproduces_run"] = same
+        tables = {f"{n}/{s}": json.loads((out / n / f"attack-{s.replace('+', '_')}" / "attacks.json").read_text())
+                  for n in codecs for s in searches}
+        return finish(report, tables, args)
 
     tables = {}
     for name in codecs:
@@ -305,8 +329,21 @@ def main(argv=None) -> int:
 
     for set_name in ("generated", "heldout"):
         plot_attacks(out / f"attacks_{set_name}.png", tables, set_name, "tpr@1e-06")
-    report["claims"] = claims(report, args)
     report["wall_seconds_this_run"] = round(time.time() - t_all, 1)
+    return finish(report, tables, args)
+
+
+def reproduces(codec, job: RecipeJob, key, embed: dict) -> dict:
+    """Does ``codec`` embed the training set with the run's figures (``embed``: its summary)?"""
+    x = load(job.data, resolution=job.resolution, split="train", seed=job.seed).tensors()[0]
+    now = summary(watermark(codec, x, key, strength=job.strength))
+    diff = {k: abs(now[k] - embed[k]) for k in ("psnr_mean", "psnr_min", "bit_acc_mean", "ssim_mean")}
+    return {"identical": max(diff.values()) < 1e-9, **{f"{k}_now": now[k] for k in diff}}
+
+
+def finish(report: dict, tables: dict, args) -> int:
+    """The claims, the JSON and the tables."""
+    report["claims"] = claims(report, args)
     report["wall_seconds_all_runs"] = round(sum(report["seconds"].values()), 1)
     atomic_write_json(args.json, report)
     atomic_write_bytes(args.json.with_suffix(".md"), tables_md(report, tables, args).encode())
@@ -325,6 +362,8 @@ def claims(report: dict, args) -> dict:
            "tpr_generated_at_1e-6": {a: gen[a]["value"] for a in TARGET_ATTACKS},
            "tpr_generated_at_1e-6_ge_0.90": all(gen[a]["value"] >= 0.90 for a in TARGET_ATTACKS),
            "null_checks_failed_through_search": {k: f"{v['checks_failed']}/{v['checks']}" for k, v in null.items()},
+           "null_keys_failing_through_search": {k: {f: a["keys_failing"] for f, a in v["failed_at"].items()}
+                                                for k, v in null.items() if "failed_at" in v},
            "clean_images_in_null": {k: v["images"] for k, v in null.items()},
            "train_set_bit_acc": rec["embed"]["bit_acc_mean"], "train_set_psnr": rec["embed"]["psnr_mean"],
            "undistorted_target_met": rec["embed"]["bit_acc_mean"] >= 0.99 and rec["embed"]["psnr_mean"] >= 30,
@@ -337,6 +376,12 @@ def claims(report: dict, args) -> dict:
 
 def _tpr(r, s, k="tpr@1e-06"):
     return f"{r[s][k]['value']:.3f}" if s in r else "–"
+
+
+def _failing(v: dict) -> str:
+    """'; keys failing at 0.1: 3, …' for the nominal rates where some key fails."""
+    bad = {f: a["keys_failing"] for f, a in v.get("failed_at", {}).items() if a["keys_failing"]}
+    return "; keys failing at " + ", ".join(f"{f}: {k}" for f, k in bad.items()) if bad else ""
 
 
 def tables_md(report: dict, tables: dict, args) -> str:
@@ -369,8 +414,10 @@ def tables_md(report: dict, tables: dict, args) -> str:
           "| codec | read | " + " | ".join(report["null_robust"]["none"]["sets"]) + " |", "|---|---|" + "---|" * 2]
     for name in names:
         for srch, r in report[f"null_{name}"].items():
-            L.append(f"| {name} | {srch} | " + " | ".join(f"{v['checks_failed']}/{v['checks']} ({v['images']} images)"
+            L.append(f"| {name} | {srch} | " + " | ".join(f"{v['checks_failed']}/{v['checks']} ({v['images']} images{_failing(v)})"
                                                         for v in r["sets"].values()) + " |")
+    if "null_command" in report:
+        L.append(f"\nThe per-key null was rerun by `{report['null_command']}`.")
     for name in names:
         m = report[f"attacks_{name}_{s}"]
         regen = json.loads((args.out / name / f"attack-{s.replace('+', '_')}" / "regeneration.json").read_text())

@@ -344,3 +344,9 @@ def test_null_calibration_reports_mean_bit_acc_over_keys(overfit_codec):
     s = r["sets"]["strokes"]
     assert r["keys"] == 20 and len(s["per_key"]) == 20 and s["checks"] == 40
     assert 0.0 <= s["mean_bit_acc"] <= 1.0 and s["deviation"] == pytest.approx(s["mean_bit_acc"] - 0.5)
+    # per nominal rate: the failing keys add up to the failed checks, and the largest rate is a key's
+    fa = s["failed_at"]
+    assert sorted(fa) == ["0.01", "0.1"] and sum(v["keys_failing"] for v in fa.values()) == s["checks_failed"]
+    for f, v in fa.items():
+        rates = [c["rate"] for k in s["per_key"] for c in k["checks"] if f"{c['fpr']:g}" == f]
+        assert v["max_rate"] == max(rates)

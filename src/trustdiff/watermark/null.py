@@ -83,7 +83,8 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
     Returns:
         Per set: the mean Bit-Acc over keys and images and its deviation from 0.5; per key its mean
         Bit-Acc and checks; counts of failed checks (with the number a fair decoder would fail by
-        chance, about (1 − level) per check); the decoded bits' per-bit mean (a key-independent
+        chance, about (1 − level) per check) and, per nominal rate (``failed_at``), the keys that
+        fail there, the exact null rate α and the largest clean-image rate over keys; the decoded bits' per-bit mean (a key-independent
         bias of the decoder shows here).
     """
     keys = torch.as_tensor(keys).to(torch.int64)
@@ -95,7 +96,7 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
     for name, x in clean_sets.items():
         reads = read_all(lambda b: decode_bits(codec, b), x, search)
         bits = reads[0]                                          # as the image is
-        per_key, accs, failed, checks_total = [], [], 0, 0
+        per_key, accs, failed, checks_total, failed_at = [], [], 0, 0, {}
         for key in keys:
             m = best_of(reads, key)[0]
             checks = null_check(m, codec.n_bits, fprs, level=level, searched=len(transforms))
@@ -105,6 +106,10 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
             accs.append(acc)
             per_key.append({"bit_acc": acc, "checks": [c.to_json() for c in checks],
                             "failed": [c.fpr for c in checks if not c.passed]})
+            for c in checks:
+                level_row = failed_at.setdefault(f"{c.fpr:g}", {"alpha": c.alpha, "keys_failing": 0, "max_rate": 0.0})
+                level_row["keys_failing"] += int(not c.passed)
+                level_row["max_rate"] = max(level_row["max_rate"], c.rate)
         mean = sum(accs) / len(accs)
         bit_mean = bits.double().mean(0)
         report["sets"][name] = {
@@ -112,6 +117,7 @@ def null_calibration(codec: Codec, clean_sets: dict, keys: torch.Tensor, *, fprs
             "key_bit_acc_min": min(accs), "key_bit_acc_max": max(accs),
             "checks": checks_total, "checks_failed": failed, "expected_failures_if_fair": checks_total * (1 - level),
             "keys_failing": sum(bool(k["failed"]) for k in per_key),
+            "failed_at": failed_at,
             "per_bit_one_rate_min": float(bit_mean.min()), "per_bit_one_rate_max": float(bit_mean.max()),
             "per_key": per_key,
         }

@@ -350,3 +350,44 @@ def test_null_calibration_reports_mean_bit_acc_over_keys(overfit_codec):
     for f, v in fa.items():
         rates = [c["rate"] for k in s["per_key"] for c in k["checks"] if f"{c['fpr']:g}" == f]
         assert v["max_rate"] == max(rates)
+
+
+def test_fair_bits_make_every_key_match_clean_images_half_the_time(overfit_codec, tmp_path):
+    """The offsets are the per-bit median logits of the clean images: on those images each bit is
+    1 on exactly N/2 of an even N (distinct logits), so for every key the mean match count is
+    exactly n/2 — no key is favoured, which is what the analytic thresholds assume."""
+    from trustdiff.watermark import decode_logits
+    from trustdiff.watermark.codec import fair_bits
+    from trustdiff.watermark.stats import matches
+
+    codec, _, _ = overfit_codec
+    clean = synthetic_strokes(40, 16, generator=torch.Generator().manual_seed(5))
+    raw = decode_bits(codec, clean).double().mean(0)
+    fair = fair_bits(codec, clean)
+    assert fair.decoder is codec.decoder and fair.encoder is codec.encoder             # the same weights
+    one_rate = decode_bits(fair, clean).double().mean(0)
+    assert torch.all(one_rate == 0.5), one_rate
+    keys = random_keys(6, codec.n_bits, generator=torch.Generator().manual_seed(3))
+    for k in keys:
+        assert float(matches(decode_bits(fair, clean), k).double().mean()) == codec.n_bits / 2
+    assert not torch.all(raw == 0.5)                                                 # the raw decoder was not fair
+    # the decision is logit > offset, and the offsets survive a save and a load
+    logits = decode_logits(fair, clean)
+    assert torch.equal(decode_bits(fair, clean), (logits > fair.bit_offset).long())
+    loaded = load_codec(save_codec(tmp_path / "c", fair))
+    assert torch.equal(loaded.bit_offset, fair.bit_offset) and torch.equal(decode_bits(loaded, clean), decode_bits(fair, clean))
+    assert "bit_offsets" not in codec.config and torch.equal(codec.bit_offset, torch.zeros(codec.n_bits))
+    with pytest.raises(InputError, match="bit_offsets: expected 8 finite floats"):
+        Codec(16, 1, 8, width=16, enc_depth=2, dec_depth=3, hidden=64, bit_offsets=[0.0] * 7)
+    with pytest.raises(InputError, match="fair_bits: expected at least 2 clean images"):
+        fair_bits(codec, clean[:1])
+
+
+def test_fair_bits_keep_the_watermark(overfit_codec):
+    """Watermarked images decode as before: their logits are far from the clean medians."""
+    from trustdiff.watermark.codec import fair_bits
+
+    codec, x, _ = overfit_codec
+    fair = fair_bits(codec, x)
+    keys = random_keys(16, codec.n_bits, generator=torch.Generator().manual_seed(99))
+    assert float(watermark(fair, x, keys)["bit_acc"].mean()) == 1.0

@@ -35,6 +35,8 @@ def _codec_options(f):
         click.option("--codec-steps", type=COUNT, default=4000, show_default=True, help="Codec training steps."),
         click.option("--codec-batch", type=COUNT, default=64, show_default=True),
         click.option("--codec-lr", type=POSITIVE, default=1e-3, show_default=True, help="Adam lr (recipe: 1e-4 over ~80k steps; 1e-3 for CPU budgets)."),
+        click.option("--fair-bits/--zero-bits", default=True, show_default=True,
+                     help="Decide each decoded bit at its median logit on the clean training images, so clean images' bits are fair coins as the thresholds assume (--zero-bits: at 0, as the recipe)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -42,13 +44,13 @@ def _codec_options(f):
 
 
 def _codec_job(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
-               codec_steps, codec_batch, codec_lr, seed, checkpoint_every=500):
+               codec_steps, codec_batch, codec_lr, seed, checkpoint_every=500, fair_bits=True):
     from ..train import TrainConfig
     from ..watermark.training import CodecJob
 
     kinds = tuple(k.strip() for k in distortions.split(",") if k.strip())
     return CodecJob(data=data, resolution=resolution, n_bits=n_bits, width=width, dec_width=dec_width, enc_depth=enc_depth,
-                    dec_depth=dec_depth, gamma=gamma, l2_await=l2_await, l2_ramp=l2_ramp, distortions=kinds,
+                    dec_depth=dec_depth, gamma=gamma, l2_await=l2_await, l2_ramp=l2_ramp, distortions=kinds, fair_bits=fair_bits,
                     train=TrainConfig(steps=codec_steps, batch_size=codec_batch, lr=codec_lr, warmup_steps=0,
                                       grad_clip=None, ema_halflife_kimg=5.0, checkpoint_every=checkpoint_every,
                                       log_every=50, seed=seed))
@@ -66,12 +68,12 @@ def watermark():
 @seed_option()
 @run_command("watermark train-codec", out="runs/codec", resumable=True)
 def train_codec_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
-                    codec_steps, codec_batch, codec_lr, seed, out):
+                    codec_steps, codec_batch, codec_lr, fair_bits, seed, out):
     """Train the StegaStamp-style encoder/decoder on random keys; the codec goes to OUT/codec."""
     from ..watermark.training import prepare_codec, train_codec
 
     job = _codec_job(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp,
-                     distortions, codec_steps, codec_batch, codec_lr, seed)
+                     distortions, codec_steps, codec_batch, codec_lr, seed, fair_bits=fair_bits)
     prepare_codec(job)                                   # bad input fails here, before OUT is touched
     if not run.start(job):
         return
@@ -259,7 +261,7 @@ def detect_cmd(run, codec_dir, images, split, key, key_file, key_seed, fpr, cali
 @seed_option()
 @run_command("watermark recipe", out="runs/recipe", resumable=True)
 def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp, distortions,
-               codec_steps, codec_batch, codec_lr, codec_dir, key, key_seed, size, steps, batch, lr, unconditional,
+               codec_steps, codec_batch, codec_lr, fair_bits, codec_dir, key, key_seed, size, steps, batch, lr, unconditional,
                clean_model, n_generate, sample_steps, fpr, no_fd, feature_steps, weight_noise, weight_noise_n, strength, seed,
                out):
     """The recipe end to end: codec → watermarked set → diffusion model → generation → detection,
@@ -293,7 +295,7 @@ def recipe_cmd(run, data, resolution, n_bits, width, dec_width, enc_depth, dec_d
                              f"{resolution}×{resolution}, got {'an un' if spec.num_classes is None else 'a '}conditional "
                              f"one at {spec.resolution}×{spec.resolution}")
     codec = _codec_job(data, resolution, n_bits, width, dec_width, enc_depth, dec_depth, gamma, l2_await, l2_ramp,
-                       distortions, codec_steps, codec_batch, codec_lr, seed)
+                       distortions, codec_steps, codec_batch, codec_lr, seed, fair_bits=fair_bits)
     diff = replace(default_diffusion(), size=size, conditional=not unconditional,
                    train=TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(100, steps // 10),
                                      ema_halflife_kimg=20.0, checkpoint_every=500, log_every=50, seed=seed))

@@ -64,6 +64,17 @@ def check_codec_config(resolution, channels, n_bits, width, enc_depth, dec_depth
                          f"(enc_depth {enc_depth}, dec_depth {dec_depth}), got {resolution!r}")
 
 
+def check_bit_offsets(offsets, n_bits: int) -> torch.Tensor:
+    """The decision offsets of the n logits (bit k is 1 where logit k > offset k): n finite
+    floats, or None for the recipe's 0."""
+    if offsets is None:
+        return torch.zeros(n_bits)
+    t = torch.as_tensor(offsets, dtype=torch.float32)
+    if t.shape != (n_bits,) or not torch.isfinite(t).all():
+        raise InputError(f"bit_offsets: expected {n_bits} finite floats, got {list(t.shape)} values")
+    return t.clone()
+
+
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride, 1)
 
@@ -182,7 +193,8 @@ class Codec(nn.Module):
     arch = "stegastamp"
 
     def __init__(self, resolution: int = 32, channels: int = 1, n_bits: int = 64, width: int = 32,
-                 enc_depth: int = 4, dec_depth: int = 5, hidden: int = 512, dec_width: int | None = None):
+                 enc_depth: int = 4, dec_depth: int = 5, hidden: int = 512, dec_width: int | None = None,
+                 bit_offsets: list[float] | None = None):
         super().__init__()
         dec_width = width if dec_width is None else dec_width
         check_codec_config(resolution, channels, n_bits, width, enc_depth, dec_depth, hidden)
@@ -191,6 +203,9 @@ class Codec(nn.Module):
                            enc_depth=enc_depth, dec_depth=dec_depth, hidden=hidden, dec_width=dec_width)
         self.encoder = StegaStampEncoder(resolution, channels, n_bits, width, enc_depth)
         self.decoder = StegaStampDecoder(resolution, channels, n_bits, dec_width, dec_depth, hidden)
+        self.register_buffer("bit_offset", check_bit_offsets(bit_offsets, n_bits), persistent=False)
+        if bit_offsets is not None:
+            self.config["bit_offsets"] = [float(v) for v in self.bit_offset]
 
     @property
     def n_bits(self) -> int:

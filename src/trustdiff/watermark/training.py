@@ -24,7 +24,7 @@ from ..images import from_uint8, to_uint8
 from ..metrics import proportion, psnr, ssim
 from ..nets.codec import Codec
 from ..train import TrainConfig, fit
-from .codec import CODEC_DIR, CodecObjective, decode_bits, encode, save_codec
+from .codec import CODEC_DIR, CodecObjective, decode_bits, encode, fair_bits, save_codec
 from .keys import random_keys
 from .stats import bit_accuracy
 
@@ -56,6 +56,7 @@ class CodecJob:
     distortions: tuple = ()    # training distortions (beyond the recipe): "robust" or kinds of distortions.TRAIN_RANGES
     export: str = "ema"        # "ema" or "raw" weights into the codec folder
     eval_images: int = 512     # held-out images for the figures in metrics.json
+    fair_bits: bool = True     # decide each bit at its median logit on the clean training images (codec.fair_bits; recipe: at 0)
     train: TrainConfig = field(default_factory=default_codec_train)
 
     def __post_init__(self):
@@ -136,6 +137,8 @@ def train_codec(job: CodecJob, run_dir, *, resume: bool = False, device=None, pr
                  on_checkpoint=_log_writer(run_dir, objective), device=device, precision=precision)
     trained = (result.ema if job.export == "ema" else result.model).codec.eval().requires_grad_(False)
     dev = module_device(trained)                                  # the training device
+    if job.fair_bits:
+        trained = fair_bits(trained, x.to(dev))
     test = load_data(job.data, resolution=job.resolution, split="test", seed=job.train.seed)
     xt = test.tensors()[0][: job.eval_images]
     figures = codec_figures(trained, xt.to(dev), seed=job.train.seed + 1)
@@ -143,7 +146,8 @@ def train_codec(job: CodecJob, run_dir, *, resume: bool = False, device=None, pr
     l2_start = int(result.model.l2_start)
     facts = {"data": job.data, "data_name": name, "steps": result.step, "seed": job.train.seed, "export": job.export,
              "l2_start": l2_start, "gamma": job.gamma, "l2_await": job.l2_await, "l2_ramp": job.l2_ramp,
-             "distortions": list(job.distortions)}
+             "distortions": list(job.distortions),
+             "bit_offsets_from": f"median logits on the {len(x)} clean training images" if job.fair_bits else "none (0)"}
     folder = save_codec(run_dir / CODEC_DIR, trained, **facts, heldout=figures)
     atomic_write_json(run_dir / "metrics.json", {**facts, "heldout": figures, "train": train_fig,
                                                  "final_gamma": float(result.model.last_gamma),

@@ -199,6 +199,7 @@ def fair_bits(codec: Codec, x_clean: torch.Tensor, *, batch_size: int = 512) -> 
         raise InputError(f"fair_bits: expected at least 2 clean images, got {len(x)}")
     median = decode_logits(codec, x, batch_size=batch_size).median(0).values
     base = {k: v for k, v in codec.config.items() if k != "bit_offsets"}
-    out = Codec(**base, bit_offsets=median.cpu().tolist()).to(median.device)
+    with torch.random.fork_rng(devices=[]):                    # the throwaway init must not move the caller's RNG
+        out = Codec(**base, bit_offsets=median.cpu().tolist()).to(median.device)
     out.encoder, out.decoder = codec.encoder, codec.decoder
     return out.train(codec.training)

@@ -23,8 +23,9 @@ report says.
     python bench/train_digits.py --steps 2523 --skip-fd      # the conditional model (if absent)
     python bench/advtrain_tables_digits.py [--parts steps,cond,augment]
 
-Each part is kept in --json with the fingerprint of the models it used and the time it ran; a
-rerun skips finished parts (and the sweep's own files let a killed part resume).
+Each part is kept in --json with the fingerprint of the models it used (steps and augment: the
+conditional model; cond: the unconditional model and its labeller) and the time it ran; a rerun
+skips finished parts (and the sweep's own files let a killed part resume).
 """
 from __future__ import annotations
 
@@ -230,27 +231,27 @@ def main():
     res = json.loads(args.json.read_text()) if args.json.is_file() else {}
     res["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     res.setdefault("parts", {})
-    cond, _ = load_model(args.model)
-    models = {"cond": fingerprint(cond)}
+    cond_fp = fingerprint(load_model(args.model)[0])
     for part in parts:
         t = time.perf_counter()
-        if part == "cond":
-            unc, _ = load_model(unconditional_model(args))
-            models["uncond"] = fingerprint(unc)
-        want = models["cond"] + (models.get("uncond", "") if part == "cond" else "")
+        if part == "cond":      # uses only the unconditional model and the labeller, so keyed on those two
+            unc_dir = unconditional_model(args)
+            x_tr, y_tr = load("digits", resolution=16, split="train", seed=0).tensors()
+            labeller = reuse_or_train(args.classifier.parent.parent, args.classifier.name, x_tr, y_tr, noise_sigma=0.0,
+                                      args=argparse.Namespace(classifier_steps=1500, width=32, seed=0)).eval()
+            want = fingerprint(load_model(unc_dir)[0], labeller)
+        else:
+            want = cond_fp
         if res["parts"].get(part, {}).get("models") == want:
             print(f"[{part}] kept (same models)")
             continue
         if part == "steps":
             out = sweep(args, args.model, args.out / "cond")
         elif part == "cond":
-            x_tr, y_tr = load("digits", resolution=16, split="train", seed=0).tensors()
-            labeller = reuse_or_train(args.classifier.parent.parent, args.classifier.name, x_tr, y_tr, noise_sigma=0.0,
-                                      args=argparse.Namespace(classifier_steps=1500, width=32, seed=0)).eval()
-            out = sweep(args, unconditional_model(args), args.out / "uncond", labeller)
+            out = sweep(args, unc_dir, args.out / "uncond", labeller)
         else:
-            if "steps" not in res["parts"]:
-                sys.exit("--parts augment: needs the steps part first")
+            if res["parts"].get("steps", {}).get("models") != cond_fp:
+                sys.exit("--parts augment: needs the steps part of this conditional model first")
             out = augment_part(args, res["parts"]["steps"])
         res["parts"][part] = out | {"models": want, "seconds": time.perf_counter() - t,
                                     "ran": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

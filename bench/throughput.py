@@ -50,10 +50,11 @@ from trustdiff.attacks.pgd import attack_loss, input_gradient, pgd  # noqa: E402
 from trustdiff.certify import DenoisedClassifier, Smooth, certify_set  # noqa: E402
 from trustdiff.diffusion.model import ModelSpec, build_denoiser, load_model, sample  # noqa: E402
 from trustdiff.diffusion import samplers  # noqa: E402
+from trustdiff.diffusion.precond import compile_backbone  # noqa: E402
 from trustdiff.nets.classifier import SmallCNN  # noqa: E402
 from trustdiff.persist import atomic_write_bytes, atomic_write_json  # noqa: E402
 from trustdiff.purify import PurifiedClassifier  # noqa: E402
-from trustdiff.runtime import tune_cpu_allocator  # noqa: E402
+from trustdiff.runtime import autocast, compile_network, tune_cpu_allocator, with_precision  # noqa: E402
 from trustdiff.train.classifier import load_classifier  # noqa: E402
 
 SIGMA, N0, N, ALPHA = 0.25, 100, 2000, 0.001
@@ -174,9 +175,9 @@ def today_sample(den, spec, seeds):
         return sample(den, spec, seeds, steps=18, labels=torch.arange(len(seeds)) % 10)
 
 
-def new_sample(den, spec, seeds):
+def new_sample(den, spec, seeds, precision="fp32"):
     with torch.inference_mode():
-        return sample(den, spec, seeds, steps=18, labels=torch.arange(len(seeds)) % 10)
+        return sample(den, spec, seeds, steps=18, labels=torch.arange(len(seeds)) % 10, precision=precision)
 
 
 def sample_flops(den, spec) -> float:
@@ -193,11 +194,12 @@ def purifier(clf, den, steps, checkpoint=False):
     return PurifiedClassifier(clf, den, T_STAR, solver="sde", steps=steps, checkpoint=checkpoint)
 
 
-def attack_seconds(model, x, y, pgd_steps, eot_batch, repeats) -> float:
-    """Best seconds per image and PGD step of PGD-``pgd_steps`` EOT-8 (L∞ ε = 0.1)."""
+def attack_seconds(model, x, y, pgd_steps, eot_batch, repeats, warmup: int = 0) -> float:
+    """Best seconds per image and PGD step of PGD-``pgd_steps`` EOT-8 (L∞ ε = 0.1), after
+    ``warmup`` untimed attacks (1 for compiled networks: the first call compiles)."""
     torch.manual_seed(0)
     return best_seconds(lambda: pgd(model, x, y, eps=0.1, alpha=0.01, steps=pgd_steps, eot=EOT, eot_batch=eot_batch),
-                     repeats) / (len(x) * pgd_steps)
+                     repeats, warmup=warmup) / (len(x) * pgd_steps)
 
 
 def attack_step_flops(model, x, y) -> float:
@@ -247,7 +249,7 @@ def measure_memory(n: int, args) -> dict:
 
 # --- training -----------------------------------------------------------------------------------
 
-def train_steps(unet, spec, steps: int, batch: int):
+def train_steps(unet, spec, steps: int, batch: int, precision: str = "fp32"):
     """Losses of ``steps`` Adam steps of the EDM loss on a fixed stream of random batches, and
     the best seconds per step after the first two (compilation, allocator warm-up)."""
     from trustdiff.train.diffusion import diffusion_loss_fn
@@ -262,7 +264,8 @@ def train_steps(unet, spec, steps: int, batch: int):
         x = torch.rand(batch, 1, 16, 16, generator=data)
         y = torch.randint(0, 10, (batch,), generator=data)
         t = time.perf_counter()
-        loss = loss_fn(unet, x, y, g).mean()
+        with autocast("cpu", precision):                  # as trustdiff.train.fit runs the loss
+            loss = loss_fn(unet, x, y, g).float().mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -294,20 +297,30 @@ JOBS = [
     ("certify", "today", {"batches": [250, 1000]}),
     ("certify", "new", {"batches": [100, 250, 1000]}),
     ("certify", "new", {"batches": [250], "compiled": True}),
+    ("certify", "new", {"batches": [250], "precision": "bf16"}),
+    ("certify", "new", {"batches": [100, 250, 500], "precision": "bf16", "compiled": True}),
     ("reference", "today", {"batches": [100, 250, 500, 1000]}),
     ("reference", "new", {"batches": [250]}),
     ("generate", "today", {}),
     ("generate", "new", {}),
+    ("generate", "new", {"compiled": True}),
+    ("generate", "new", {"precision": "bf16"}),
+    ("generate", "new", {"precision": "bf16", "compiled": True}),
     ("pgd", "today", {"eot_batches": [1]}),
     ("pgd", "new", {"eot_batches": [1, 4, 8]}),
+    ("pgd", "new", {"eot_batches": [8], "precision": "bf16"}),
+    ("pgd", "new", {"eot_batches": [8], "precision": "bf16", "compiled": True}),
     ("train", "today", {}),
     ("train", "new", {}),
     ("train", "new", {"compiled": True}),
+    ("train", "new", {"precision": "bf16"}),
+    ("train", "new", {"precision": "bf16", "compiled": True}),
 ]
 
 
 def job_name(loop, phase, opts) -> str:
-    return f"{loop}-{phase}" + ("-compiled" if opts.get("compiled") else "")
+    return (f"{loop}-{phase}" + ("-bf16" if opts.get("precision", "fp32") == "bf16" else "")
+            + ("-compiled" if opts.get("compiled") else ""))
 
 
 def worker(job: dict, args, out: Path) -> None:
@@ -317,7 +330,8 @@ def worker(job: dict, args, out: Path) -> None:
     if phase == "new":
         tune_cpu_allocator()
     den, spec, clf = networks(args)
-    r: dict = {"peak": matmul_peak_gflops()}
+    prec, compiled = opts.get("precision", "fp32"), bool(opts.get("compiled"))
+    r: dict = {"peak": matmul_peak_gflops(), "peak_bf16": matmul_peak_gflops(dtype=torch.bfloat16)}
     test = torch.rand(max(args.cert_images, args.attack_images), 1, 16, 16, generator=torch.Generator().manual_seed(3))
     labels = torch.arange(len(test)) % 10
     idx = list(range(args.cert_images))
@@ -325,14 +339,15 @@ def worker(job: dict, args, out: Path) -> None:
     if loop in ("certify", "reference"):
         f = DenoisedClassifier(den, clf, SIGMA)
         core = load_reference(args.reference) if loop == "reference" else None
-        if opts.get("compiled"):
-            f = torch.compile(f, dynamic=False)
+        if compiled:
+            compile_network(f)                                   # what certify --compile does
+        f = with_precision(f, prec)                              # what --precision bf16 does
         for b in opts["batches"]:
             if core is not None:
                 rows, s_img = reference_certificates(core, f, test, idx, b, args.repeats)
             else:
                 smooth = (TodaySmooth if phase == "today" else Smooth)(f, 10, SIGMA)
-                if opts.get("compiled"):
+                if compiled:
                     t = time.perf_counter()
                     certificates(smooth, test, labels, idx[:1], b, 1)          # compiles the n0 and the n shapes
                     r[f"compile_seconds-{b}"] = time.perf_counter() - t
@@ -340,27 +355,59 @@ def worker(job: dict, args, out: Path) -> None:
             r[str(b)] = {"per_s": per_image / s_img, "rows": rows}
     elif loop == "generate":
         seeds = list(range(args.gen_images))
-        draw = today_sample if phase == "today" else new_sample
+        if compiled:
+            compile_backbone(den)                                # what generate --compile does
+        draw = today_sample if phase == "today" else lambda d, s, z: new_sample(d, s, z, prec)
+        t = time.perf_counter()
         r["samples"] = draw(den, spec, seeds)
+        r["first_run_seconds"] = time.perf_counter() - t
         r["per_s"] = len(seeds) / best_seconds(lambda: draw(den, spec, seeds), args.repeats)
     elif loop == "pgd":
         x, y = test[: args.attack_images], labels[: args.attack_images]
+        if compiled:                                             # what purify eval --compile does
+            compile_network(clf)
+            compile_backbone(den)
+        clf_p, den_p = with_precision(clf, prec), with_precision(den, prec)
         for steps in (5, 20):
             for k in opts["eot_batches"]:
-                r[f"{steps}-{k}"] = 1 / attack_seconds(purifier(clf, den, steps), x, y, args.attack_steps, k, args.repeats)
+                r[f"{steps}-{k}"] = 1 / attack_seconds(purifier(clf_p, den_p, steps), x, y, args.attack_steps, k, args.repeats,
+                                                       warmup=int(compiled))
+        torch.manual_seed(0)                                     # the same SDE noise in every job: gradients comparable
+        r["purifier_gradient"], _ = input_gradient(purifier(clf_p, den_p, 5), x, y, eot=EOT, eot_batch=EOT)
         g1, _ = input_gradient(clf, x, y, eot=EOT, eot_batch=1)
         g8, _ = input_gradient(clf, x, y, eot=EOT, eot_batch=EOT)
         r["gradient_max_abs_diff"], r["gradient_max_abs"] = float((g1 - g8).abs().max()), float(g1.abs().max())
     elif loop == "train":
         unet = fresh_unet(spec)
-        if opts.get("compiled"):
+        if compiled:
             unet.compile()                            # in place: still a UNet2DModel to the loss
         t = time.perf_counter()
-        r["losses"], s_step = train_steps(unet, spec, args.train_steps, args.train_batch)
+        r["losses"], s_step = train_steps(unet, spec, args.train_steps, args.train_batch, prec)
         r["first_run_seconds"] = time.perf_counter() - t
         r["per_s"] = 1 / s_step
+    elif loop == "agree":
+        r.update(agreement(den, clf, args.agree_images))
     r["peak_after"] = matmul_peak_gflops()
+    r["peak_bf16_after"] = matmul_peak_gflops(dtype=torch.bfloat16)
     torch.save(r, out)
+
+
+def agreement(den, clf, n_images: int) -> dict:
+    """Certificates (class, radius) of the first ``n_images`` digits test images at batch 250, in
+    fp32 and bf16, eager and compiled: what rounding changes where the weights are trained (the
+    timed jobs certify uniform noise, where a randomly initialised classifier seldom wavers)."""
+    from trustdiff.data import load
+
+    xs, ys = load("digits", resolution=16, split="test", seed=0).tensors()
+    xs, ys = xs[:n_images], ys[:n_images]
+    idx, f = list(range(len(xs))), DenoisedClassifier(den, clf, SIGMA)
+    out = {"labels": ys.tolist()}
+    for name in ("fp32", "bf16", "fp32-compiled", "bf16-compiled"):
+        if name == "fp32-compiled":
+            compile_network(f)
+        smooth = Smooth(with_precision(f, name.split("-")[0]), 10, SIGMA)
+        out[name] = certificates(smooth, xs, ys, idx, 250, 1)[0]
+    return out
 
 
 def run_job(loop, phase, opts, args, tmp: Path) -> dict:
@@ -388,7 +435,8 @@ def best_of(a: dict | None, b: dict) -> dict:
             out[k] = v if v["per_s"] >= a[k]["per_s"] else a[k]
         elif k == "per_s" or k[:1].isdigit():
             out[k] = max(v, a[k])
-    out["peak"], out["peak_after"] = max(a["peak"], b["peak"]), max(a["peak_after"], b["peak_after"])
+    for k in ("peak", "peak_after", "peak_bf16", "peak_bf16_after"):
+        out[k] = max(a[k], b[k])
     return out
 
 
@@ -398,6 +446,8 @@ def main():
     ap.add_argument("--classifier", type=Path, default=None, help="a trained classifier (default: seeded random weights)")
     ap.add_argument("--reference", type=Path, default=None, help="a checkout of locuslab/smoothing (required)")
     ap.add_argument("--cert-images", type=int, default=3)
+    ap.add_argument("--agree-images", type=int, default=24,
+                    help="digits test images certified in fp32 and bf16, eager and compiled, to count what differs")
     ap.add_argument("--gen-images", type=int, default=256)
     ap.add_argument("--attack-images", type=int, default=16)
     ap.add_argument("--attack-steps", type=int, default=1, help="PGD steps timed (the cost per step is what is reported)")
@@ -421,7 +471,7 @@ def main():
     if args.reference is None or not (args.reference / "code" / "core.py").is_file():
         ap.error(f"--reference: expected a checkout of locuslab/smoothing (with code/core.py), got {args.reference}")
     if args.quick:
-        args.cert_images, args.gen_images, args.attack_images, args.train_steps = 1, 16, 2, 4
+        args.cert_images, args.gen_images, args.attack_images, args.train_steps, args.agree_images = 1, 16, 2, 4, 2
         args.repeats, args.rounds, args.n = 1, 1, 300
         N = 300
     t_run = time.time()
@@ -448,10 +498,14 @@ def main():
                 results[name] = best_of(results.get(name), r)
                 print(f"  round {rnd + 1}: {name} ({r['wall_seconds']:.0f} s, peak {r['peak']:.0f}/{r['peak_after']:.0f} GFLOP/s)",
                       flush=True)
+        results["agree-new"] = run_job("agree", "new", {}, args, Path(tmp))     # outputs only: once
+        print(f"  agreement on {args.agree_images} digits ({results['agree-new']['wall_seconds']:.0f} s)", flush=True)
     print("memory (peak RSS added by one gradient step, fresh processes):", flush=True)
     res["memory"] = measure_memory(args.attack_images, args)
     peaks = [v for r in results.values() for v in (r["peak"], r["peak_after"])]
     res["peak_gflops"], res["peak_range"] = max(peaks), [min(peaks), max(peaks)]
+    peaks16 = [v for r in results.values() for v in (r["peak_bf16"], r["peak_bf16_after"])]
+    res["peak_bf16_gflops"], res["peak_bf16_range"] = max(peaks16), [min(peaks16), max(peaks16)]
     res["seconds"] = time.time() - t_run
     summarize(res, results, flops)
     atomic_write_json(args.out, res)
@@ -463,23 +517,38 @@ def differing(a, b) -> int:
     return sum(x != y for x, y in zip(a, b))
 
 
+def _with_peaks(f: dict, name: str, peak16: float) -> dict:
+    """A bf16 row also as a fraction of the bf16 matmul peak (its own ceiling)."""
+    if "bf16" in name:
+        f["fraction_of_bf16_peak"] = f["gflops"] / peak16
+    return f
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
 def summarize(res, R, flops) -> None:
     """The figures of each loop (GFLOP/s, fraction of the peak, ratio to today) and the output
     comparisons, into res."""
-    peak = res["peak_gflops"]
+    peak, peak16 = res["peak_gflops"], res["peak_bf16_gflops"]
     fig: dict = {"certify": {}, "generate": {}, "pgd": {}, "train": {}}
     gf = {k: v / 1e9 for k, v in flops.items()}
     ct = R["certify-today"]["1000"]["per_s"]
-    for name in ("certify-today", "certify-new", "certify-new-compiled", "reference-today", "reference-new"):
+    cert_jobs = ("certify-today", "certify-new", "certify-new-compiled", "certify-new-bf16", "certify-new-bf16-compiled",
+                 "reference-today", "reference-new")
+    for name in cert_jobs:
         for b, v in R[name].items():
             if isinstance(v, dict) and "per_s" in v:
-                fig["certify"][f"{name.replace('certify-', '')}-{b}"] = figures(gf["certify"], v["per_s"], peak, ct)
+                key = f"{name.replace('certify-', '')}-{b}"
+                fig["certify"][key] = _with_peaks(figures(gf["certify"], v["per_s"], peak, ct), key, peak16)
     ref = {b: v["per_s"] for b, v in R["reference-today"].items() if isinstance(v, dict) and "per_s" in v}
     ref_b = max(ref, key=ref.get)
-    ours = {k: v["per_s"] for k, v in fig["certify"].items() if k.startswith("new")}
-    best = max(ours, key=ours.get)
-    fig["certify_best"] = {"config": best, "vs_today": ours[best] / ct, "vs_reference_best": ours[best] / ref[ref_b],
-                           "reference_best_batch": int(ref_b), "fraction_of_peak": fig["certify"][best]["fraction_of_peak"]}
+    for label, keep in (("certify_best", lambda k: "bf16" not in k), ("certify_best_bf16", lambda k: "bf16" in k)):
+        ours = {k: v["per_s"] for k, v in fig["certify"].items() if k.startswith("new") and keep(k)}
+        best = max(ours, key=ours.get)
+        fig[label] = {"config": best, "vs_today": ours[best] / ct, "vs_reference_best": ours[best] / ref[ref_b],
+                      "reference_best_batch": int(ref_b), "fraction_of_peak": fig["certify"][best]["fraction_of_peak"]}
     new_rows = {b: v["rows"] for b, v in R["certify-new"].items() if isinstance(v, dict) and "rows" in v}
     res["certificates_differing"] = {
         "today_vs_new_batch250": differing(R["certify-today"]["250"]["rows"], new_rows["250"]),
@@ -487,61 +556,104 @@ def summarize(res, R, flops) -> None:
         "new_batch250_vs_1000": differing(new_rows["250"], new_rows["1000"]),
         "reference_vs_new": {b: differing(R["reference-today"][b]["rows"], new_rows[b]) for b in new_rows if b in R["reference-today"]},
         "compiled_vs_eager_batch250": differing(R["certify-new-compiled"]["250"]["rows"], new_rows["250"]),
+        "bf16_vs_fp32_batch250": differing(R["certify-new-bf16"]["250"]["rows"], new_rows["250"]),
+        "bf16_compiled_vs_fp32_batch250": differing(R["certify-new-bf16-compiled"]["250"]["rows"], new_rows["250"]),
         "images": len(new_rows["250"]),
     }
+    A = R["agree-new"]
+    correct = lambda rows: sum(c == y for (c, _), y in zip(rows, A["labels"]))          # noqa: E731
+    res["agreement_digits"] = {
+        "images": len(A["labels"]), "batch": 250,
+        "correct": {k: correct(A[k]) for k in ("fp32", "bf16", "fp32-compiled", "bf16-compiled")},
+        "differing_from_fp32": {k: differing(A[k], A["fp32"]) for k in ("bf16", "fp32-compiled", "bf16-compiled")},
+        "class_differing_from_fp32": {k: sum(a[0] != b[0] for a, b in zip(A[k], A["fp32"]))
+                                      for k in ("bf16", "fp32-compiled", "bf16-compiled")},
+        "max_radius_diff_from_fp32": {k: max(abs(a[1] - b[1]) for a, b in zip(A[k], A["fp32"]))
+                                      for k in ("bf16", "fp32-compiled", "bf16-compiled")},
+        "mean_radius": {k: sum(r for _, r in A[k]) / len(A[k]) for k in ("fp32", "bf16", "fp32-compiled", "bf16-compiled")},
+    }
     res["compile_seconds"] = {"certify": R["certify-new-compiled"].get("compile_seconds-250"),
-                              "train_first_run": R["train-new-compiled"]["first_run_seconds"]}
+                              "certify_bf16": R["certify-new-bf16-compiled"].get("compile_seconds-250"),
+                              "generate_first_run": R["generate-new-compiled"]["first_run_seconds"],
+                              "generate_bf16_first_run": R["generate-new-bf16-compiled"]["first_run_seconds"],
+                              "train_first_run": R["train-new-compiled"]["first_run_seconds"],
+                              "train_bf16_first_run": R["train-new-bf16-compiled"]["first_run_seconds"]}
     gt = R["generate-today"]["per_s"]
-    for name in ("generate-today", "generate-new"):
-        fig["generate"][name.split("-")[1]] = figures(gf["generate"], R[name]["per_s"], peak, gt)
+    gen_jobs = ("generate-today", "generate-new", "generate-new-compiled", "generate-new-bf16", "generate-new-bf16-compiled")
+    for name in gen_jobs:
+        key = name.replace("generate-", "")
+        fig["generate"][key] = _with_peaks(figures(gf["generate"], R[name]["per_s"], peak, gt), key, peak16)
     res["generate_max_abs_diff"] = float((R["generate-new"]["samples"] - R["generate-today"]["samples"]).abs().max())
+    res["generate_vs_fp32_eager"] = {
+        name.replace("generate-new-", ""): {"max_abs_diff": float((R[name]["samples"] - R["generate-new"]["samples"]).abs().max()),
+                                            "mean_abs_diff": float((R[name]["samples"] - R["generate-new"]["samples"]).abs().mean())}
+        for name in gen_jobs[2:]}
     for steps in (5, 20):
         t = R["pgd-today"][f"{steps}-1"]
         fig["pgd"][f"{steps}-today"] = figures(gf[f"pgd-{steps}"], t, peak, t)
         for k in (1, 4, 8):
             fig["pgd"][f"{steps}-new-eot_batch{k}"] = figures(gf[f"pgd-{steps}"], R["pgd-new"][f"{steps}-{k}"], peak, t)
+        for name in ("pgd-new-bf16", "pgd-new-bf16-compiled"):
+            key = f"{steps}-{name.replace('pgd-', '')}-eot_batch8"
+            fig["pgd"][key] = _with_peaks(figures(gf[f"pgd-{steps}"], R[name][f"{steps}-8"], peak, t), key, peak16)
+    g32 = R["pgd-new"]["purifier_gradient"]
     res["pgd_gradient"] = {"eot_batch8_vs_1_max_abs_diff": R["pgd-new"]["gradient_max_abs_diff"],
-                           "max_abs": R["pgd-new"]["gradient_max_abs"]}
+                           "max_abs": R["pgd-new"]["gradient_max_abs"],
+                           "purifier_5_steps_cosine_to_fp32": {n.replace("pgd-new-", ""): _cosine(R[n]["purifier_gradient"], g32)
+                                                               for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")},
+                           "purifier_5_steps_sign_agreement_with_fp32": {
+                               n.replace("pgd-new-", ""): float((R[n]["purifier_gradient"].sign() == g32.sign()).float().mean())
+                               for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")}}
     tt = R["train-today"]["per_s"]
-    for name in ("train-today", "train-new", "train-new-compiled"):
-        fig["train"][name.replace("train-", "")] = figures(gf["train"], R[name]["per_s"], peak, tt)
+    train_jobs = ("train-today", "train-new", "train-new-compiled", "train-new-bf16", "train-new-bf16-compiled")
+    for name in train_jobs:
+        key = name.replace("train-", "")
+        fig["train"][key] = _with_peaks(figures(gf["train"], R[name]["per_s"], peak, tt), key, peak16)
     lt = R["train-today"]["losses"]
     res["train_losses"] = {"today": lt, "new_identical": R["train-new"]["losses"] == lt,
-                           "compiled_max_abs_diff": max(abs(a - b) for a, b in zip(R["train-new-compiled"]["losses"], lt))}
+                           **{f"{name.replace('train-new-', '')}_max_abs_diff": max(abs(a - b) for a, b in zip(R[name]["losses"], lt))
+                              for name in train_jobs[2:]}}
     m = res["memory"]
     fig["memory"] = {f"{k}-100_over_1": m[f"{k}-100"]["added_mib"] / max(m[f"{k}-1"]["added_mib"], 1e-9)
                      for k in ("stored", "checkpoint")}
     res["figures"] = fig
-    print(f"\nfigures (peak {peak:.1f} GFLOP/s, the best of {2 * len(R)} measurements, range "
-          f"{res['peak_range'][0]:.0f}–{res['peak_range'][1]:.0f}):")
+    print(f"\nfigures (fp32 peak {peak:.1f} GFLOP/s, the best of {2 * len(R)} measurements, range "
+          f"{res['peak_range'][0]:.0f}–{res['peak_range'][1]:.0f}; bf16 peak {peak16:.1f}):")
     for loop in ("certify", "generate", "pgd", "train"):
         for k, v in fig[loop].items():
             show(f"{loop} {k}", v, "/s")
-    cb = fig["certify_best"]
-    print(f"  certify best ({cb['config']}): {cb['vs_today']:.2f}× today, {cb['vs_reference_best']:.2f}× the reference "
-          f"at its best batch {cb['reference_best_batch']}")
+    for label in ("certify_best", "certify_best_bf16"):
+        cb = fig[label]
+        print(f"  {label} ({cb['config']}): {cb['vs_today']:.2f}× today, {cb['vs_reference_best']:.2f}× the reference "
+              f"at its best batch {cb['reference_best_batch']}")
     print(f"  certificates differing: {res['certificates_differing']}")
-    print(f"  generated samples, new vs today: max |Δ| {res['generate_max_abs_diff']:.2e}")
-    print(f"  PGD gradient, EOT stacked vs one at a time: max |Δ| {res['pgd_gradient']['eot_batch8_vs_1_max_abs_diff']:.2e} "
-          f"(of {res['pgd_gradient']['max_abs']:.2e})")
-    print(f"  training losses: new identical to today's: {res['train_losses']['new_identical']}; compiled max |Δ| "
-          f"{res['train_losses']['compiled_max_abs_diff']:.2e}")
+    print(f"  agreement on digits: {res['agreement_digits']}")
+    print(f"  generated samples, new vs today: max |Δ| {res['generate_max_abs_diff']:.2e}; vs fp32 eager: "
+          f"{res['generate_vs_fp32_eager']}")
+    print(f"  PGD gradient: {res['pgd_gradient']}")
+    print(f"  training losses: {({k: v for k, v in res['train_losses'].items() if k != 'today'})}")
     print(f"  memory, 100 solver steps / 1 step: stored {fig['memory']['stored-100_over_1']:.1f}×, "
           f"checkpointed {fig['memory']['checkpoint-100_over_1']:.2f}×")
 
 
 def markdown(res) -> str:
     fig = res["figures"]
-    lines = [f"# Throughput (bench/throughput.py), fp32 matmul peak {res['peak_gflops']:.1f} GFLOP/s, "
-             f"{res['threads']} threads, torch {res['torch']}\n",
-             "| loop | configuration | per s | GFLOP/s | % of peak | × today |", "|---|---|---|---|---|---|"]
+    lines = [f"# Throughput (bench/throughput.py), fp32 matmul peak {res['peak_gflops']:.1f} GFLOP/s, bf16 matmul peak "
+             f"{res['peak_bf16_gflops']:.1f} GFLOP/s, {res['threads']} threads, torch {res['torch']}\n",
+             "| loop | configuration | per s | GFLOP/s | % of fp32 peak | % of bf16 peak | × today |",
+             "|---|---|---|---|---|---|---|"]
     for loop in ("certify", "generate", "pgd", "train"):
         for k, v in fig[loop].items():
-            lines.append(f"| {loop} | {k} | {v['per_s']:.1f} | {v['gflops']:.1f} | {100 * v['fraction_of_peak']:.1f} | "
+            p16 = f"{100 * v['fraction_of_bf16_peak']:.1f}" if "fraction_of_bf16_peak" in v else ""
+            lines.append(f"| {loop} | {k} | {v['per_s']:.1f} | {v['gflops']:.1f} | {100 * v['fraction_of_peak']:.1f} | {p16} | "
                          f"{v.get('vs_today', 1):.2f} |")
     lines.append("\n| memory (MiB added by one gradient step) | 1 | 5 | 20 | 100 solver steps |\n|---|---|---|---|---|")
     for k in ("stored", "checkpoint"):
         lines.append(f"| {k} | " + " | ".join(f"{res['memory'][f'{k}-{s}']['added_mib']:.0f}" for s in (1, 5, 20, 100)) + " |")
+    a = res["agreement_digits"]
+    lines.append(f"\nCertificates of {a['images']} digits test images (batch {a['batch']}): correct {a['correct']}; "
+                 f"differing from fp32 eager {a['differing_from_fp32']} (class {a['class_differing_from_fp32']}); "
+                 f"max radius difference {a['max_radius_diff_from_fp32']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -43,11 +43,12 @@ def best_seconds(fn, repeats: int = 3, warmup: int = 0) -> float:
     return best
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None) -> float:
-    """The machine's fp32 matmul rate: best of ``repeats`` n×n @ n×n products (2n³ FLOP each), or
-    of m×k @ k×p products for ``shape`` = (m, k, p) (2mkp FLOP each)."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, shape: tuple[int, int, int] | None = None,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matmul rate in ``dtype`` (fp32 unless asked): best of ``repeats`` n×n @ n×n
+    products (2n³ FLOP each), or of m×k @ k×p products for ``shape`` = (m, k, p) (2mkp FLOP each)."""
     m, k, p = shape or (n, n, n)
-    a, b = torch.randn(m, k), torch.randn(k, p)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, p, dtype=dtype)
     return 2 * m * k * p / best_seconds(lambda: a @ b, repeats, warmup=1) / 1e9
 
 

@@ -145,3 +145,16 @@ class Autocast(torch.nn.Module):
 def with_precision(module, precision: str = "fp32"):
     """``module`` itself for fp32, else :class:`Autocast` around it."""
     return module if precision == "fp32" else Autocast(module, precision)
+
+
+def compile_network(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` ``module`` in place (``nn.Module.compile``: the same object and class, so
+    isinstance dispatch, ``state_dict`` keys and autograd are unchanged), one graph per input
+    shape (``dynamic=False``: the loops here call a network at one or two batch shapes). The first
+    call at each shape compiles (~10–40 s on a CPU). Compile a network whose inputs are all tensors
+    (a denoiser's backbone, not the denoiser: a Python float σ would recompile at every level —
+    :func:`trustdiff.diffusion.precond.compile_backbone`). Off by default everywhere; what it buys,
+    measured by ``bench/throughput.py``: little in fp32 on a CPU (the convolutions dominate and are
+    oneDNN's either way), most of the bf16 gain (the casts around each convolution are fused)."""
+    module.compile(dynamic=False)
+    return module

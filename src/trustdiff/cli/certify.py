@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, OPEN_UNIT, POSITIVE, ran_on, run_command, seed_option, unsafe_pickle_option
-from .common import MODEL_HELP, adm_config_option
+from .common import MODEL_HELP, adm_config_option, compile_option
 
 
 @click.command("train-classifier")
@@ -98,17 +98,18 @@ def _parse_radii(text: str) -> tuple[float, ...]:
 @click.option("--shard", default="0/1", show_default=True, help="i/k: this process's share; 'auto' under accelerate launch.")
 @click.option("--radii", default="0,0.25,0.5,0.75,1.0", show_default=True)
 @seed_option("Image idx draws its noise from seed + idx.")
+@compile_option
 @unsafe_pickle_option
 @run_command("certify", out="runs/certify", shared=lambda p: p["shard"] != "0/1",
              shared_glob="certify-shard-*")
 def certify_cmd(run, classifier_dir, denoiser_dir, adm_config, denoise_steps, data, split, sigma, n0, n, alpha, batch_size, skip,
-                max_index, shard, radii, seed, allow_pickle, out):
+                max_index, shard, radii, seed, compile_nets, allow_pickle, out):
     """Certify test images with randomized smoothing (Cohen et al.), optionally behind a diffusion
     denoiser (Carlini et al.): OUT/certify.tsv, metrics.json, certify-curve.png. With --shard i/k,
     OUT/certify-shard-i-of-k.tsv; merge with `trustdiff certify-merge OUT`."""
 
     from ..certify import DenoisedClassifier, Smooth, certify_set, check_certify_arguments, report, select_indices
-    from ..runtime import with_precision
+    from ..runtime import compile_network, with_precision
     from ..train.classifier import classifier_config, load_classifier
     from ..data import load
     from ..errors import InputError
@@ -134,12 +135,14 @@ def certify_cmd(run, classifier_dir, denoiser_dir, adm_config, denoise_steps, da
             raise InputError(f"{denoiser_dir}: a {spec.channels}×{spec.resolution}² model, but the data are "
                              f"{x.shape[1]}×{x.shape[-1]}²")
         f = DenoisedClassifier(den.eval(), net, sigma, steps=denoise_steps).to(device).eval()
+    if compile_nets:
+        compile_network(f)                          # its σ is fixed: one graph for denoiser and classifier
     smoothed = Smooth(with_precision(f, run.precision), cfg["num_classes"], sigma)   # bf16: f under autocast
     indices = select_indices(len(x), skip=skip, max_index=max_index, shard=(i, k))
     meta = dict(classifier=str(classifier_dir), classifier_noise_sigma=cfg.get("noise_sigma"),
                 denoiser=str(denoiser_dir) if denoiser_dir else None, denoise_steps=denoise_steps if denoiser_dir else None,
                 data=data, split=split, sigma=sigma, n0=n0, n=n, alpha=alpha, skip=skip, max_index=max_index,
-                seed=seed, radii=list(radii_t), batch_size=batch_size, precision=run.precision)
+                seed=seed, radii=list(radii_t), batch_size=batch_size, precision=run.precision, compile=compile_nets)
     if not run.start({**meta, "shard": [i, k]}, write_config=i == 0):
         return
     stem = report.shard_stem(i, k) if k > 1 else "certify"

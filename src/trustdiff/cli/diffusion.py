@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, POSITIVE, SAMPLERS, UNIT, ran_on, run_command, seed_option, unsafe_pickle_option
-from .common import MODEL_HELP, adm_config_option
+from .common import MODEL_HELP, adm_config_option, compile_option
 
 
 def _without_option(argv: list[str], name: str) -> list[str]:
@@ -80,25 +80,30 @@ def train_cmd(run, data, resolution, precond, size, conditional, label_dropout, 
 @click.option("--fd-data", "fd_data", default=None,
               help='Also measure FD against this data set\'s test split (e.g. "digits"), beside the real-data floor.')
 @click.option("--feature-steps", type=COUNT, default=300, show_default=True, help="Training steps of the FD feature net (cached).")
+@compile_option
 @unsafe_pickle_option
-@run_command("generate", out="runs/generate", resumable=True)
+@run_command("generate", out="runs/generate", resumable=True, free=("compile_nets",))   # like --device: rounding only
 def generate_cmd(run, model_dir, adm_config, num, sampler, steps, guidance, classes, seed, batch_size, shard_size, fd_data,
-                 feature_steps, allow_pickle, out):
+                 feature_steps, compile_nets, allow_pickle, out):
     """Generate images: OUT/images-XXXXX.npz shards (images uint8 N×H×W×C, labels, seeds) and
     OUT/grid.png. With --resume, shards already in OUT are kept (a killed run continues); under
     `accelerate launch` each process writes its share of the shards."""
     from ..persist import atomic_write_json
     from ..data import load_npz
     from ..diffusion.model import check_guidance, class_cycle, load_model, write_shards
+    from ..diffusion.precond import compile_backbone
     from ..diffusion.samplers import nfe
     from ..errors import InputError
     from ..images import make_grid, save_png
     from ..train.dist import env_rank_world
 
     config = dict(model=str(model_dir), adm_config=adm_config, num=num, sampler=sampler, steps=steps, guidance=guidance,
-                  classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps)
+                  classes=list(classes), seed=seed, batch_size=batch_size, fd=fd_data, feature_steps=feature_steps,
+                  compile=compile_nets)
     den, spec = load_model(model_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     den = den.to(run.device)
+    if compile_nets:
+        compile_backbone(den)                       # a denoiser it cannot compile fails before OUT is touched
     class_cycle(spec, num, classes)                 # a bad --class fails before OUT is touched
     check_guidance(spec, guidance)
     if fd_data is not None:

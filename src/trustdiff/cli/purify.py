@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from .common import COUNT, NONNEG, ran_on, run_command, seed_option, unsafe_pickle_option
-from .common import MODEL_HELP, adm_config_option
+from .common import MODEL_HELP, adm_config_option, compile_option
 
 ATTACKS = ("pgd-eot", "autoattack-rand", "bpda")
 #: rows per forward/backward the default --eot-batch fills: at 16 images, stacking 8 EOT samples (128 rows)
@@ -63,10 +63,12 @@ def purify_group():
 @click.option("--undefended/--no-undefended", default=True, show_default=True,
               help="Also evaluate the classifier alone (PGD without EOT) for comparison.")
 @seed_option()
+@compile_option
 @unsafe_pickle_option
 @run_command("purify eval", out="runs/purify")
 def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, steps, votes, attacks, eps, norm, pgd_steps, eot,
-             eot_batch, select, n_evals, fixed, data, images, n_check, batch_size, checkpoint, undefended, seed, allow_pickle, out):
+             eot_batch, select, n_evals, fixed, data, images, n_check, batch_size, checkpoint, undefended, seed, compile_nets,
+             allow_pickle, out):
     """Clean and robust accuracy of classifier ∘ DiffPure under full-gradient PGD-EOT,
     AutoAttack-rand and/or BPDA, scored by one evaluation, worst of N and with fixed randomness;
     writes OUT/metrics.json and OUT/report.md."""
@@ -76,9 +78,10 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
     from ..persist import atomic_write_bytes, atomic_write_json
     from ..data import load
     from ..diffusion.model import load_model
+    from ..diffusion.precond import compile_backbone
     from ..errors import InputError
     from ..purify import PurifiedClassifier
-    from ..runtime import with_precision
+    from ..runtime import compile_network, with_precision
     from ..train.classifier import load_classifier
 
     if eot_batch is None:
@@ -86,10 +89,13 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
     config = dict(classifier=classifier_dir, denoiser=denoiser_dir, adm_config=adm_config, t_star=t_star, solver=solver, steps=steps,
                   votes=votes, attacks=list(attacks), eps=eps, norm=norm, pgd_steps=pgd_steps, eot=eot, eot_batch=eot_batch,
                   select=select, n_evals=n_evals, fixed=fixed, data=data, images=images, n_check=n_check,
-                  batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed)
+                  batch_size=batch_size, checkpoint=checkpoint, undefended=undefended, seed=seed, compile=compile_nets)
     clf = load_classifier(classifier_dir, allow_pickle=allow_pickle).eval().requires_grad_(False).to(run.device)
     den, spec = load_model(denoiser_dir, allow_pickle=allow_pickle, adm_config=adm_config)
     den = den.to(run.device)
+    if compile_nets:                # the networks, not the purifier: its solver takes σ as Python floats
+        compile_network(clf)
+        compile_backbone(den)
     # bf16: the networks run under autocast, the purifier's solver state stays fp32
     clf_p, den_p = with_precision(clf, run.precision), with_precision(den, run.precision)
     defense = PurifiedClassifier(clf_p, den_p, t_star, solver=solver, steps=steps, checkpoint=checkpoint, votes=votes)

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
+from ..runtime import compile_network
 from . import schedules
 
 
@@ -109,6 +110,21 @@ class Preconditioned(nn.Module):
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = call_backbone(self.net, _bc(c_in) * x, c_noise, cond)
         return _bc(c_skip) * x + _bc(c_out) * F_x.to(x.dtype)
+
+
+def compile_backbone(denoiser: nn.Module) -> nn.Module:
+    """Compile a denoiser's network in place (:func:`trustdiff.runtime.compile_network`): the
+    network F of a :class:`Preconditioned`, the UNet of a :class:`DiffusersDenoiser`; the
+    preconditioning around it, which takes σ as a Python float, stays eager. Returns the denoiser."""
+    base = getattr(denoiser, "module", denoiser)
+    if isinstance(base, Preconditioned):
+        compile_network(base.net)
+    elif isinstance(base, DiffusersDenoiser):
+        compile_network(base.unet)
+    else:
+        raise InputError(f"--compile: expected a trustdiff denoiser (Preconditioned or DiffusersDenoiser), "
+                         f"got {type(base).__name__}")
+    return denoiser
 
 
 class DiffusersDenoiser(nn.Module):

@@ -17,6 +17,11 @@ and the width-32 SmallCNN of the certification bench; seeded random weights unle
 * memory: the peak RSS added by one full-gradient attack step through 1, 5, 20 and 100 solver
   steps, with and without checkpointing (each in a fresh process).
 * training: the diffusion training step's GFLOP/s and the first steps' losses, eager and compiled.
+* bf16 (``--precision bf16``: autocast matmuls and convolutions) and bf16 + ``--compile`` for every
+  loop, with what the rounding changes: the certificates of --agree-images digits test images
+  (fp32 and bf16, eager and compiled, through the given networks), the samples' difference from
+  fp32 eager, the losses' from today's, the cosine of the purifier's input gradient to fp32's
+  (same seed). bf16 rows are also given as a fraction of the bf16 matmul peak measured likewise.
 
 Every figure is printed as achieved GFLOP/s (FLOPs of matmuls and convolutions, counted with
 torch's FlopCounterMode), as a fraction of the fp32 matmul peak measured in the same run (the best

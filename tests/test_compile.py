@@ -17,7 +17,7 @@ from trustdiff.diffusion.oracle import GaussianDenoiser
 from trustdiff.diffusion.precond import compile_backbone
 from trustdiff.errors import InputError
 from trustdiff.nets.classifier import SmallCNN
-from trustdiff.runtime import compile_network
+from trustdiff.runtime import bf16_supported, compile_network
 
 CPU = ["--device", "cpu"]
 
@@ -89,3 +89,15 @@ def test_generate_with_compile_gives_the_same_images(tiny):
     _ok(*argv, "--compile", "--out", tiny / "g-compiled")
     a, b = (np.load(tiny / g / "images-00000.npz")["images"].astype(int) for g in ("g-eager", "g-compiled"))
     assert np.abs(a - b).max() <= 1                  # uint8 images: rounding may move a pixel by one level
+
+
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bfloat16")
+def test_purify_eval_refuses_compile_with_bf16(tiny, capsys):
+    """The compiled bf16 denoiser's input gradient is far from fp32's (cosine 0.74-0.83 in
+    bench/throughput.py), so an attack through it would be weaker: refused before OUT exists."""
+    capsys.readouterr()
+    code = main(["purify", "eval", "--classifier", str(tiny / "clf"), "--denoiser", str(tiny / "m"), "-n", "2",
+                 "--compile", "--precision", "bf16", *CPU, "--out", str(tiny / "never")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and "--compile with --precision bf16" in err[0], err
+    assert not (tiny / "never").exists()

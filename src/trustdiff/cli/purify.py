@@ -84,6 +84,9 @@ def eval_cmd(run, classifier_dir, denoiser_dir, adm_config, t_star, solver, step
     from ..runtime import compile_network, with_precision
     from ..train.classifier import load_classifier
 
+    if compile_nets and run.precision == "bf16":
+        raise InputError("--compile with --precision bf16: expected one of the two; the compiled bf16 denoiser's input "
+                         "gradient has cosine 0.74-0.83 to fp32's (bench/throughput.py), which would weaken the attack")
     if eot_batch is None:
         eot_batch = default_eot_batch(eot, images, batch_size)
     config = dict(classifier=classifier_dir, denoiser=denoiser_dir, adm_config=adm_config, t_star=t_star, solver=solver, steps=steps,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import EOT, networks, purifier  # noqa: E402
+from throughput import EOT, gradient_agreement, networks, purifier  # noqa: E402
 
 from trustdiff.attacks.pgd import input_gradient  # noqa: E402
 from trustdiff.diffusion.precond import compile_backbone  # noqa: E402
@@ -57,10 +57,7 @@ def main():
            "classifier": str(args.classifier), "threads": torch.get_num_threads(), "vs_fp32_eager": {}}
     for name, cfg in CONFIGS.items():
         g = gradient(args, x, y, *cfg)
-        res["vs_fp32_eager"][name] = {
-            "cosine": float(torch.nn.functional.cosine_similarity(g.flatten(), g32.flatten(), dim=0)),
-            "sign_agreement": float((g.sign() == g32.sign()).float().mean()),
-            "relative_l2": float((g - g32).norm() / g32.norm())}
+        res["vs_fp32_eager"][name] = gradient_agreement(g, g32)
         print(f"{name:<26} {res['vs_fp32_eager'][name]}", flush=True)
     atomic_write_json(args.json, res)
     print(f"wrote {args.json}")

@@ -529,8 +529,12 @@ def _with_peaks(f: dict, name: str, peak16: float) -> dict:
     return f
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+def gradient_agreement(g: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How far gradient g is from ref: cosine, fraction of signs equal (what an L∞ attack steps
+    along) and relative L2 error."""
+    return {"cosine": float(torch.nn.functional.cosine_similarity(g.flatten(), ref.flatten(), dim=0)),
+            "sign_agreement": float((g.sign() == ref.sign()).float().mean()),
+            "relative_l2": float((g - ref).norm() / ref.norm())}
 
 
 def summarize(res, R, flops) -> None:
@@ -601,14 +605,12 @@ def summarize(res, R, flops) -> None:
         for name in ("pgd-new-bf16", "pgd-new-bf16-compiled"):
             key = f"{steps}-{name.replace('pgd-', '')}-eot_batch8"
             fig["pgd"][key] = _with_peaks(figures(gf[f"pgd-{steps}"], R[name][f"{steps}-8"], peak, t), key, peak16)
-    g32 = R["pgd-new"]["purifier_gradient"]
+    agree = {n.replace("pgd-new-", ""): gradient_agreement(R[n]["purifier_gradient"], R["pgd-new"]["purifier_gradient"])
+             for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")}
     res["pgd_gradient"] = {"eot_batch8_vs_1_max_abs_diff": R["pgd-new"]["gradient_max_abs_diff"],
                            "max_abs": R["pgd-new"]["gradient_max_abs"],
-                           "purifier_5_steps_cosine_to_fp32": {n.replace("pgd-new-", ""): _cosine(R[n]["purifier_gradient"], g32)
-                                                               for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")},
-                           "purifier_5_steps_sign_agreement_with_fp32": {
-                               n.replace("pgd-new-", ""): float((R[n]["purifier_gradient"].sign() == g32.sign()).float().mean())
-                               for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")}}
+                           "purifier_5_steps_cosine_to_fp32": {k: v["cosine"] for k, v in agree.items()},
+                           "purifier_5_steps_sign_agreement_with_fp32": {k: v["sign_agreement"] for k, v in agree.items()}}
     tt = R["train-today"]["per_s"]
     train_jobs = ("train-today", "train-new", "train-new-compiled", "train-new-bf16", "train-new-bf16-compiled")
     for name in train_jobs:

@@ -151,7 +151,8 @@ def compile_network(module: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` ``module`` in place (``nn.Module.compile``: the same object and class, so
     isinstance dispatch, ``state_dict`` keys and autograd are unchanged), one graph per input
     shape (``dynamic=False``: the loops here call a network at one or two batch shapes). The first
-    call at each shape compiles (~10–40 s on a CPU). Compile a network whose inputs are all tensors
+    call at each shape compiles (seconds to a minute on a CPU: ``compile_seconds`` in
+    bench/results/throughput.json). Compile a network whose inputs are all tensors
     (a denoiser's backbone, not the denoiser: a Python float σ would recompile at every level —
     :func:`trustdiff.diffusion.precond.compile_backbone`). Off by default everywhere; what it buys,
     measured by ``bench/throughput.py``: little in fp32 on a CPU (the convolutions dominate and are

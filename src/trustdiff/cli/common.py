@@ -70,9 +70,9 @@ def compile_option(f):
     """``--compile``: torch.compile the command's networks in place (off by default;
     :func:`trustdiff.runtime.compile_network`)."""
     return click.option("--compile", "compile_nets", is_flag=True,
-                        help="torch.compile the networks (each batch shape compiles once, ~10-40 s on a CPU). "
-                             "Measured on a 2-core CPU: ~1.1x in fp32, ~1.7x on top of --precision bf16 "
-                             "(bench/throughput.py). Outputs change by rounding only.")(f)
+                        help="torch.compile the networks (each batch shape compiles once, seconds to a minute on a CPU). "
+                             "Measured for certify and generate on a 2-core CPU: ~1.1x in fp32, ~1.7x on top of "
+                             "--precision bf16 (bench/throughput.py). Outputs change by rounding only.")(f)
 
 
 #: what a --model/--denoiser flag takes, for its help text

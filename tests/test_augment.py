@@ -44,6 +44,45 @@ def test_none_is_the_identity_and_unknown_names_are_refused():
         augment("mixup", x, y, K)
 
 
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_flip_false_never_mirrors(name, monkeypatch):
+    import trustdiff.advtrain.augment as A
+
+    x, y = _batch()
+    flipped = augment(name, x, y, K, torch.Generator().manual_seed(1))[0]
+    monkeypatch.setattr(A, "hflip", lambda *a, **k: pytest.fail("hflip called under flip=False"))
+    a, _ = augment(name, x, y, K, torch.Generator().manual_seed(1), flip=False)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    if name in ("common", "idbh"):                     # the pipelines that flip: the flip's draw changes the batch
+        assert not torch.equal(a, flipped)
+
+
+def test_common_without_flip_keeps_ink_on_its_side():
+    x = torch.zeros(64, 1, 16, 16)
+    x[..., :4] = 1.0                                   # ink in the 4 left columns only
+    y = torch.zeros(64, dtype=torch.long)
+    cols = torch.arange(16.0)
+
+    def centroids(img):
+        return (img.sum((1, 2)) * cols).sum(1) / img.sum((1, 2, 3))
+
+    kept = centroids(augment("common", x, y, K, torch.Generator().manual_seed(0), flip=False)[0])
+    assert (kept < 4).all()                            # a crop of padding 2 moves it by at most 2 columns
+    mirrored = centroids(augment("common", x, y, K, torch.Generator().manual_seed(0))[0])
+    assert 10 < int((mirrored > 12).sum()) < 54        # with the flip, about half land on the right
+
+
+def test_the_digits_preset_turns_the_flip_off_and_the_option_overrides_it():
+    from trustdiff.advtrain.training import PRESETS
+    from trustdiff.cli.advtrain import train_job
+
+    def job(preset, flip):
+        return train_job(0, preset=preset, **{k: None for k in PRESETS[preset]} | {"flip": flip})
+
+    assert job("digits", None).flip is False and job("cifar10-wang2023", None).flip is True
+    assert job("digits", True).flip is True and job("cifar10-wang2023", False).flip is False
+
+
 def test_pad_crop_is_a_whole_pixel_shift_with_zero_fill():
     x, _ = _batch(n=16)
     out = pad_crop(x, torch.Generator().manual_seed(0), 2)

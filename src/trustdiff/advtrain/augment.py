@@ -1,12 +1,14 @@
 """Data augmentations for adversarial training, as small seeded batched tensor functions
 (no torchvision): the six Wang et al. (2023, Table 5) put on top of generated data.
 
-    x_aug, target = augment(name, x, y, num_classes, generator)
+    x_aug, target = augment(name, x, y, num_classes, generator, flip=True)
 
 x: float N×C×H×W in [0, 1]; y: int64 [N]; ``target``: float N×K class probabilities (one-hot
 except under CutMix, which mixes them). Every random choice is drawn from ``generator``, per image,
 so the same generator state gives the same batch. Sizes given for 32×32 in the papers are scaled
-to the image side H (×H/32, rounded), and stated where they are.
+to the image side H (×H/32, rounded), and stated where they are. ``flip=False`` drops the
+horizontal flip from every pipeline that has one (common's, hence all but IDBH's, and IDBH's): a
+mirrored digit or letter is not an image of its class, so the digits preset turns it off.
 
   none         x
   common       random crop with zero padding 4 (×H/32) and a horizontal flip with p = ½: the
@@ -410,12 +412,13 @@ def check_augment(name: str) -> str:
     return name
 
 
-def common(x, g):
-    return pad_crop(hflip(x, g), g, _scaled(4, x.shape[-2]))
+def common(x, g, flip: bool = True):
+    return pad_crop(hflip(x, g) if flip else x, g, _scaled(4, x.shape[-2]))
 
 
-def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, generator=None):
-    """(augmented x, target probabilities N×K) for augmentation ``name`` (the module's table)."""
+def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, generator=None, flip: bool = True):
+    """(augmented x, target probabilities N×K) for augmentation ``name`` (the module's table);
+    ``flip``: whether the pipelines' horizontal flip is applied."""
     check_augment(name)
     check_images(x, name="x")
     target = F.one_hot(y, num_classes).to(x.dtype)
@@ -423,9 +426,9 @@ def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, gener
         return x, target
     g, side = generator, x.shape[-2]
     if name == "idbh":
-        x = crop_shift(hflip(x, g), g, 0, _scaled(10, side))
+        x = crop_shift(hflip(x, g) if flip else x, g, 0, _scaled(10, side))
         return random_erasing(color_shape(x, g), g), target
-    x = common(x, g)
+    x = common(x, g, flip)
     if name == "cutout":
         x = cutout(x, g, _scaled(16, side))
     elif name == "cutmix":

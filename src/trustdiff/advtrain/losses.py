@@ -72,9 +72,11 @@ def adversary(net, x, y, *, method: str, eps: float, alpha: float, steps: int, n
 
 
 def adversarial_loss_fn(method: str = "trades", *, eps: float, alpha: float, steps: int = 10, norm: str = "linf",
-                        beta: float = 5.0, smoothing: float = 0.1, augment: str = "none", num_classes: int | None = None):
+                        beta: float = 5.0, smoothing: float = 0.1, augment: str = "none", num_classes: int | None = None,
+                        flip: bool = True):
     """``loss_fn(net, x, y, generator) -> [B]`` for :func:`trustdiff.train.fit`: the batch
-    augmented (:func:`trustdiff.advtrain.augment.augment`, from the loop's generator), the attack on
+    augmented (:func:`trustdiff.advtrain.augment.augment`, from the loop's generator; ``flip``: with
+    its horizontal flip), the attack on
     the augmented images, then the TRADES or Madry loss with the network in training mode. Under
     CutMix the loss's cross-entropy takes the mixed targets and Madry's attack the larger label."""
     from .augment import augment as augment_batch, check_augment
@@ -89,7 +91,7 @@ def adversarial_loss_fn(method: str = "trades", *, eps: float, alpha: float, ste
     def loss_fn(net, x, y, generator):
         target = y
         if augment != "none":
-            x, target = augment_batch(augment, x, y, num_classes, generator)
+            x, target = augment_batch(augment, x, y, num_classes, generator, flip=flip)
             y = target.argmax(1)
         x_adv = adversary(net, x, y, method=method, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator)
         if method == "trades":

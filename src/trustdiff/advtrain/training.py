@@ -67,6 +67,7 @@ class AdvTrainJob:
     holdout: int = 1024                 # training images held out for model selection
     select_steps: int = 40              # PGD-k (CW loss) on the held-out slice after each epoch
     augment: str = "none"               # trustdiff.advtrain.augment.AUGMENTATIONS, on every training batch
+    flip: bool = True                   # the augmentations' horizontal flip (off for digits: a mirrored digit is not one)
     seed: int = 0
 
     def __post_init__(self):
@@ -92,10 +93,10 @@ class AdvTrainJob:
 PRESETS = {
     # bench/advtrain_digits.py's settings: 16×16 digits, L∞ 0.1, a small CNN, 40 × 50 updates of 128
     "digits": dict(arch="small-cnn", width=16, eps=0.1, epochs=40, iters_per_epoch=50, batch_size=128, lr=0.1,
-                   warmup_epochs=2, holdout=256),
+                   warmup_epochs=2, holdout=256, flip=False),
     # Wang et al. (2023), CIFAR-10 L∞ 8/255: WRN-28-10, batch 512, lr 0.2, 400 epochs (GPUs only)
     "cifar10-wang2023": dict(arch="wrn-28-10", width=32, eps=8 / 255, epochs=400, iters_per_epoch=None, batch_size=512,
-                             lr=0.2, warmup_epochs=10, holdout=1024),
+                             lr=0.2, warmup_epochs=10, holdout=1024, flip=True),
 }
 
 
@@ -184,7 +185,8 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
     net = build_net(job, c, r, num_classes)
     evaluator = build_net(job, c, r, num_classes).eval().requires_grad_(False)
     meta = {"data": job.data, "method": job.method, "eps": job.eps, "norm": job.norm, "n_real": n_real,
-            "n_generated": len(data[0]) - n_real, "arch_name": job.arch, "augment": job.augment}
+            "n_generated": len(data[0]) - n_real, "arch_name": job.arch, "augment": job.augment,
+            "flip": job.flip}
 
     ck = latest_checkpoint(run_dir) if resume else None
     rows = _read_epochs(run_dir, up_to_step=int(ck.name.split("-")[1]) if ck is not None else 0)
@@ -212,7 +214,7 @@ def train_adv(job: AdvTrainJob, run_dir, *, resume: bool = False, progress: bool
         on_epoch(int(ck.name.split("-")[1]))      # the kill came between a checkpoint and its evaluation
     result = fit(net, adversarial_loss_fn(job.method, eps=job.eps, alpha=job.step_size, steps=job.attack_steps,
                                           norm=job.norm, beta=job.beta, smoothing=job.smoothing, augment=job.augment,
-                                          num_classes=num_classes),
+                                          num_classes=num_classes, flip=job.flip),
                  data, cfg, run_dir, resume=resume, optimizer="sgd", on_checkpoint=on_epoch,
                  stream=mixed_stream(n_real, job.real_fraction), device=device, precision=precision)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -103,7 +103,7 @@ def train_options(f):
         click.option("--beta", type=NONNEG, default=5.0, show_default=True, help="TRADES β."),
         click.option("--preset", type=click.Choice(["digits", "cifar10-wang2023"]), default="digits", show_default=True,
                      help="Defaults of --arch/--width/--eps/--epochs/--iters-per-epoch/--batch/--lr/--warmup-epochs/"
-                          "--holdout: digits (CPU-sized, bench/advtrain_digits.py's) or cifar10-wang2023 (the paper's "
+                          "--holdout/--flip: digits (CPU-sized, bench/advtrain_digits.py's) or cifar10-wang2023 (the paper's "
                           "WRN-28-10, GPUs)."),
         click.option("--eps", type=POSITIVE, default=None, help="L∞ budget in [0, 1] pixels (digits: 0.1; cifar10-wang2023: 8/255)."),
         click.option("--attack-steps", type=COUNT, default=10, show_default=True, help="PGD iterations of the training attack."),
@@ -119,6 +119,9 @@ def train_options(f):
         click.option("--holdout", type=COUNT0, default=None, help="Training images held out for model selection."),
         click.option("--augment", type=click.Choice(AUGMENTATIONS), default="none", show_default=True,
                      help="Augmentation of every training batch (trustdiff.advtrain.augment; Wang et al. 2023, Table 5)."),
+        click.option("--flip/--no-flip", default=None,
+                     help="The augmentations' horizontal flip (default: the preset's; digits: off, since a mirrored "
+                          "digit is not an image of its class; cifar10-wang2023: on)."),
     ]
     for o in reversed(opts):
         f = o(f)

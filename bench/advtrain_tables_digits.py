@@ -151,7 +151,7 @@ def claims(res: dict) -> list[dict]:
                     "verdict": "reproduced" if sep > 0 else "not reproduced" if sep < 0 else "not significant at this sample size",
                     "detail": f"lowest FD {lo['fd']:.3f} ({lo['steps']} steps): AA {lo['autoattack']['value']:.3f}; highest FD "
                               f"{hi['fd']:.3f} ({hi['steps']} steps): AA {hi['autoattack']['value']:.3f}; Spearman ρ "
-                              f"{c.get('rho', float('nan')):.2f}, exact p {c.get('p_exact')}"})
+                              f"{c.get('rho', float('nan')):.2f}, exact p {c.get('p_exact', float('nan')):.3f}"})
     u = res.get("parts", {}).get("cond")
     if s and u:
         pairs = [(a, b) for a in s["rows"] for b in u["rows"] if a["steps"] == b["steps"]]

@@ -7,7 +7,7 @@ x: float N×C×H×W in [0, 1]; y: int64 [N]; ``target``: float N×K class probab
 except under CutMix, which mixes them). Every random choice is drawn from ``generator``, per image,
 so the same generator state gives the same batch. Sizes given for 32×32 in the papers are scaled
 to the image side H (×H/32, rounded), and stated where they are. ``flip=False`` drops the
-horizontal flip from every pipeline that has one (common's, hence all but IDBH's, and IDBH's): a
+horizontal flip from every pipeline: common's (which all but IDBH build on) and IDBH's own. A
 mirrored digit or letter is not an image of its class, so the digits preset turns it off.
 
   none         x

@@ -167,7 +167,7 @@ def claims(res: dict) -> list[dict]:
         none = g["rows"][0]["autoattack"]
         seps = {r["augment"]: separated(r["autoattack"], none) for r in g["rows"][1:] if not r.get("flip")}
         out.append({"claim": "data augmentation on top of generated data seems ineffective (Wang et al. 2023, Table 5)",
-                    "verdict": "consistent (no augmentation's interval separates from none's; no effect shown at this n)"
+                    "verdict": "not significant at this sample size (no augmentation's interval separates from none's)"
                                if not any(seps.values()) else
                                "not reproduced: " + ", ".join(f"{k} {'helps' if v > 0 else 'hurts'}" for k, v in seps.items() if v),
                     "detail": ", ".join(f"{r['augment']} {r['autoattack']['value']:.3f}" for r in g["rows"] if not r.get("flip"))})

@@ -181,7 +181,8 @@ def claims(res: dict) -> list[dict]:
                             "verdict": "it hurts" if sep < 0 else "it helps" if sep > 0 else "no effect shown at this n",
                             "detail": f"AA {r['autoattack']['value']:.3f} [{r['autoattack']['lo']:.3f}, "
                                       f"{r['autoattack']['hi']:.3f}] with the flip vs {base['autoattack']['value']:.3f} "
-                                      f"[{base['autoattack']['lo']:.3f}, {base['autoattack']['hi']:.3f}] without"})
+                                      f"[{base['autoattack']['lo']:.3f}, {base['autoattack']['hi']:.3f}] without "
+                                      f"({100 * (r['autoattack']['value'] - base['autoattack']['value']):+.1f} points)"})
     return out
 
 
@@ -193,11 +194,13 @@ def summary_markdown(res: dict) -> str:
     g = res.get("parts", {}).get("augment")
     if g:
         lines += [f"## Augmentations (conditional set, {g['steps']} steps)\n",
-                  "| augmentation | clean | PGD-40 | AutoAttack | checks |", "|---|---|---|---|---|"]
+                  "| augmentation | clean | PGD-40 | AutoAttack | Δ AutoAttack vs none (points) | checks |",
+                  "|---|---|---|---|---|---|"]
         f = lambda p: f"{p['value']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"          # noqa: E731
+        none = g["rows"][0]["autoattack"]["value"]
         for r in g["rows"]:
             lines.append(f"| {r['augment']} | {f(r['clean'])} | {f(r['pgd40'])} | {f(r['autoattack'])} | "
-                         f"{'reliable' if r['reliable'] else 'UNRELIABLE'} |")
+                         f"{100 * (r['autoattack']['value'] - none):+.1f} | {'reliable' if r['reliable'] else 'UNRELIABLE'} |")
         lines.append("")
     lines += ["## The paper's claims\n"] + [f"- **{c['verdict']}** — {c['claim']}: {c['detail']}." for c in claims(res)]
     lines += ["", "Parts: " + ", ".join(f"{k} {v['seconds'] / 60:.1f} min on {v['ran']}" for k, v in res.get("parts", {}).items()),

@@ -128,6 +128,16 @@ def test_sound_evaluation_passes_every_check():
     assert rep["worst_case"]["value"] <= min(a["robust"]["value"] for a in rep["attacks"])
     assert rep["worst_case"]["lo"] <= rep["worst_case"]["value"] <= rep["worst_case"]["hi"]
     assert "Verdict: reliable" in to_markdown(rep)
+    # which examples: the outcome strings are the rates' own k, nested as the scoring says
+    clean, worst = rep["clean_examples"], rep["worst_case_examples"]
+    assert len(clean) == 32 and clean.count("1") == rep["clean"]["k"] and worst.count("1") == rep["worst_case"]["k"]
+    for a in rep["attacks"]:
+        r = a["robust_examples"]
+        assert r.count("1") == a["robust"]["k"]
+        assert all(c >= w and c >= v for c, v, w in zip(clean, r, worst))      # robust ⊆ clean, worst ⊆ robust
+    unchecked = evaluate(net, x[:32], y[:32], [pgd_attack(0.1, "linf", 20)], checks=False)
+    assert unchecked["reliable"] is None and "not run" in unchecked["unreliable_reasons"][0]
+    assert unchecked["attacks"][0]["robust_examples"] == rep["attacks"][0]["robust_examples"]   # same seed, same points
 
 
 class Quantized(nn.Module):

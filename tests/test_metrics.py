@@ -5,7 +5,7 @@ import torch
 from scipy.stats import binom
 
 from trustdiff.errors import InputError
-from trustdiff.metrics import clopper_pearson, proportion, psnr, ssim
+from trustdiff.metrics import clopper_pearson, holm, mcnemar, outcome_bits, proportion, psnr, ssim
 
 
 def test_clopper_pearson_closed_forms_and_definition():
@@ -51,3 +51,43 @@ def test_rank_correlation_is_spearman_with_an_exact_permutation_p_value():
     assert rank_correlation([1, 2, 3], [1, 3, 2])["lo"] is None       # n = 3: no Fisher interval
     with pytest.raises(InputError, match="rank_correlation"):
         rank_correlation([1, 2], [1])
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
+    # 20 examples: both right on 8, both wrong on 2, only a on 8, only b on 2
+    a = torch.tensor([True] * 8 + [False] * 2 + [True] * 8 + [False] * 2)
+    b = torch.tensor([True] * 8 + [False] * 2 + [False] * 8 + [True] * 2)
+    r = mcnemar(a, b)
+    assert (r["n"], r["n10"], r["n01"]) == (20, 8, 2) and r["difference"] == pytest.approx(0.3)
+    # two-sided: P(X <= 2) + P(X >= 8) for X ~ Binomial(10, 1/2) = 2 · 56/1024
+    assert r["p_exact"] == pytest.approx(2 * 56 / 1024)
+    assert mcnemar(outcome_bits(a), outcome_bits(b)) == r                   # the report's strings give the same
+    swapped = mcnemar(b, a)
+    assert (swapped["n10"], swapped["n01"], swapped["p_exact"]) == (2, 8, r["p_exact"])
+    # concordant examples do not matter; no discordant pair: p = 1
+    assert mcnemar(a, a)["p_exact"] == 1.0 and mcnemar(a, a)["difference"] == 0.0
+    assert mcnemar(torch.cat([a, torch.ones(100, dtype=torch.bool)]), torch.cat([b, torch.ones(100, dtype=torch.bool)]))["p_exact"] \
+        == pytest.approx(r["p_exact"])
+    # pairing separates what two unpaired intervals cannot: 90 vs 82 of 100, the 8 discordant all one way
+    x = torch.arange(100) < 90
+    y = x & (torch.arange(100) >= 8)
+    pa, pb = proportion(int(x.sum()), 100), proportion(int(y.sum()), 100)
+    assert pb["k"] == 82 and pa["lo"] <= pb["hi"] and mcnemar(x, y)["p_exact"] == pytest.approx(2 * 0.5 ** 8)
+    assert outcome_bits(torch.tensor([True, False, True])) == "101"
+    with pytest.raises(InputError, match="same n"):
+        mcnemar(a, b[:5])
+    with pytest.raises(InputError, match="only '0' and '1'"):
+        mcnemar("0102", "0101")
+    with pytest.raises(InputError, match="bool"):
+        outcome_bits(torch.tensor([1, 0]))
+
+
+def test_holm_adjusts_step_down_in_the_input_order():
+    # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04) = 0.04
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])                 # capped at 1
+    assert holm([0.003]) == [0.003]                                       # one test: unchanged
+    adj = holm([0.001, 0.2, 0.03, 0.6])
+    assert all(q >= p for p, q in zip([0.001, 0.2, 0.03, 0.6], adj))
+    with pytest.raises(InputError, match="p-values"):
+        holm([0.1, 1.5])

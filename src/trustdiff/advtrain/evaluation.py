@@ -38,11 +38,13 @@ def check_run(run_dir) -> dict:
 def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, images: int | None = None,
                  autoattack: bool = True, n_check: int = 64, seed: int = 0, batch_size: int = 256,
                  allow_pickle: bool = False, device=None, precision: str = "fp32",
-                 networks: tuple[str, ...] = ("best", "last")) -> dict:
+                 networks: tuple[str, ...] = ("best", "last"), checks: bool = True) -> dict:
     """Clean, PGD-40 and AutoAttack accuracy of the run's ``networks`` (best and last) on ``device``
     (default: the CPU); the test images go there too, so the attacks' generators do as well.
     ``precision="bf16"`` evaluates the networks under autocast (what is attacked is then the
-    bf16 network). The result records ``device`` and ``precision``."""
+    bf16 network). The result records ``device`` and ``precision``. ``checks=False`` skips the
+    soundness checks (to re-score a run whose report already passed them): its reports then
+    have ``reliable`` None, not True."""
     from ..runtime import with_precision
 
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -61,7 +63,7 @@ def evaluate_run(run_dir, *, data: str | None = None, eps: float | None = None, 
         raise InputError(f"networks: expected some of best, last, got {networks!r}")
     for which in networks:
         net = with_precision(load_classifier(run_dir / which, allow_pickle=allow_pickle).to(device), precision)
-        rep = evaluate(net, x, y, attacks, seed=seed, batch_size=batch_size, n_check=n_check)
+        rep = evaluate(net, x, y, attacks, seed=seed, batch_size=batch_size, n_check=n_check, checks=checks)
         out["models"][which] = {"epoch": classifier_config(run_dir / which).get("epoch"), "report": rep}
     if {"best", "last"} <= set(out["models"]):
         b, l = (out["models"][k]["report"] for k in ("best", "last"))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..errors import InputError
-from ..metrics.intervals import bounded_mean, proportion
+from ..metrics.intervals import bounded_mean, outcome_bits, proportion
 from .autoattack import autoattack
 from .bpda import BPDAClassifier
 from .pgd import NORMS, input_gradient, pgd
@@ -149,7 +149,11 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
              checks: bool = True, n_check: int = 32, steps_margin: float = 0.05, n_evals: int = 1,
              fixed: bool = False) -> dict:
     """Clean accuracy, robust accuracy per attack, the per-example worst case over attacks, and
-    the soundness checks; a JSON-able dict with ``reliable`` and ``unreliable_reasons``.
+    the soundness checks; a JSON-able dict with ``reliable`` and ``unreliable_reasons``. Which
+    examples were correct is kept beside each rate (``clean_examples``, each attack's
+    ``robust_examples``, ``worst_case_examples``: :func:`~trustdiff.metrics.outcome_bits` strings),
+    so two models evaluated on the same examples can be compared paired
+    (:func:`~trustdiff.metrics.mcnemar`).
 
     ``n_evals`` = N > 1: every adversarial input (and every clean one) is also passed N times —
     ``worst_of_n`` and ``expected`` beside each one-evaluation figure, ``worst_case_of_n`` and
@@ -167,7 +171,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
     clean = correct(model, x, y, batch_size)
     multi = n_evals > 1
     worst = clean.clone()
-    out = {"n": n, "randomized": randomized, "clean": proportion(int(clean.sum()), n),
+    out = {"n": n, "randomized": randomized, "clean": proportion(int(clean.sum()), n), "clean_examples": outcome_bits(clean),
            "scoring": "one forward pass per input" + (" (randomized model: fresh noise each pass)" if randomized else ""),
            "attacks": [], "checks": []}
     in_bounds, robust_masks, firsts = True, [], []
@@ -182,9 +186,10 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
         ok = _within(x_adv, x, atk.eps, atk.norm)
         in_bounds &= ok
         robust_masks.append(robust[:k])
-        out["attacks"].append({**atk.config(), "robust": proportion(int(robust.sum()), n), "seconds": sec,
-                               "in_bounds": ok})
+        out["attacks"].append({**atk.config(), "robust": proportion(int(robust.sum()), n),
+                               "robust_examples": outcome_bits(robust), "seconds": sec, "in_bounds": ok})
     out["worst_case"] = proportion(int(worst.sum()), n)
+    out["worst_case_examples"] = outcome_bits(worst)
     row_scores = _more_passes(out, model, x, y, clean, firsts, n_evals, batch_size) if multi else []
     if fixed and randomized:
         out["fixed"] = evaluate(FixedRandomness(model, seed), x, y, [a.without_randomness() for a in attacks if a.kind != "bpda"],
@@ -207,8 +212,9 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, attacks: list[Attack], *, 
                                                                    + "; ".join(f["unreliable_reasons"])))))
     out["n_check"] = k
     failed = [c for c in out["checks"] if not c["passed"]]
-    out["reliable"] = not failed
-    out["unreliable_reasons"] = [f"{c['name']}: {c['detail']}" for c in failed]
+    out["reliable"] = not failed if checks else None            # no checks made: not declared reliable
+    out["unreliable_reasons"] = ([f"{c['name']}: {c['detail']}" for c in failed] if checks
+                                 else ["checks: not run (checks=False)"])
     return out
 
 

@@ -10,12 +10,13 @@ from .fid import (
     convert_inception_weights,
     inception_feature_net,
 )
-from .intervals import bounded_mean, clopper_pearson, proportion, rank_correlation
+from .intervals import bounded_mean, clopper_pearson, holm, mcnemar, outcome_bits, proportion, rank_correlation
 from .quality import psnr, ssim
 
 __all__ = [
     "clopper_pearson",
     "proportion", "bounded_mean", "rank_correlation",
+    "mcnemar", "holm", "outcome_bits",
     "psnr",
     "ssim",
     "FeatureNet",

@@ -1,5 +1,6 @@
 """Confidence intervals for proportions: every accuracy, detection rate or false-positive rate
-trustdiff reports carries its n and an exact (Clopper–Pearson) interval."""
+trustdiff reports carries its n and an exact (Clopper–Pearson) interval. Two models scored on the
+same examples are compared paired (:func:`mcnemar`, per-example outcomes as :func:`outcome_bits`)."""
 from __future__ import annotations
 
 import math
@@ -29,6 +30,59 @@ def proportion(k: int, n: int, level: float = 0.95) -> dict:
     reported rate takes in metrics.json."""
     lo, hi = clopper_pearson(k, n, level)
     return {"value": int(k) / int(n), "k": int(k), "n": int(n), "lo": lo, "hi": hi, "level": level}
+
+
+def outcome_bits(mask) -> str:
+    """Per-example outcomes (bool [N]) as a string of N '0'/'1' characters: how reports keep which
+    examples were correct, so two models scored on the same examples can be compared paired."""
+    m = torch.as_tensor(mask).flatten()
+    if m.dtype != torch.bool:
+        raise InputError(f"outcome_bits: expected a bool tensor, got dtype {m.dtype}")
+    return "".join("1" if v else "0" for v in m.tolist())
+
+
+def _outcomes(v, name: str) -> list[bool]:
+    if isinstance(v, str):
+        if set(v) - {"0", "1"}:
+            raise InputError(f"mcnemar: {name} as a string must hold only '0' and '1'")
+        return [c == "1" for c in v]
+    t = torch.as_tensor(v).flatten()
+    if t.dtype != torch.bool:
+        raise InputError(f"mcnemar: {name} expected bools or an outcome_bits string, got dtype {t.dtype}")
+    return t.tolist()
+
+
+def mcnemar(a, b) -> dict:
+    """Exact McNemar test of two classifiers scored on the same n examples (McNemar 1947): of the
+    discordant pairs, ``n10`` examples only ``a`` gets right and ``n01`` only ``b`` does; under
+    H0 (equal accuracy) n10 ~ Binomial(n10 + n01, 1/2), and ``p_exact`` is its two-sided binomial
+    p-value (1 with no discordant pair). Pairing removes the examples both get right or both get
+    wrong, so it separates accuracies that two unpaired intervals cannot. ``a`` and ``b``: bool
+    [n] or :func:`outcome_bits` strings. ``difference`` = accuracy(a) − accuracy(b)."""
+    from scipy.stats import binomtest
+
+    a, b = _outcomes(a, "a"), _outcomes(b, "b")
+    if len(a) != len(b) or not a:
+        raise InputError(f"mcnemar: expected outcomes on the same n >= 1 examples, got {len(a)} and {len(b)}")
+    n10 = sum(x and not y for x, y in zip(a, b))
+    n01 = sum(y and not x for x, y in zip(a, b))
+    p = float(binomtest(n10, n10 + n01, 0.5).pvalue) if n10 + n01 else 1.0
+    return {"n": len(a), "n10": n10, "n01": n01, "difference": (n10 - n01) / len(a), "p_exact": min(p, 1.0),
+            "method": "exact McNemar (two-sided binomial on the discordant pairs)"}
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's (1979) step-down adjustment of m p-values for the family-wise error rate: sorted
+    ascending, p₍ᵢ₎ becomes max over j ≤ i of min(1, (m − j + 1)·p₍ⱼ₎); returned in the input order.
+    Reject H0ᵢ at level α when the adjusted pᵢ ≤ α."""
+    p = [float(v) for v in pvalues]
+    if any(not 0 <= v <= 1 for v in p):
+        raise InputError(f"holm: expected p-values in [0, 1], got {p}")
+    m, out, run = len(p), [0.0] * len(p), 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        run = max(run, min(1.0, (m - rank) * p[i]))
+        out[i] = run
+    return out
 
 
 def bounded_mean(values, level: float = 0.95) -> dict:

@@ -15,6 +15,23 @@ of a measurement at the start and one at the end), beside the loop's own fractio
 same process, so the part of the gap that fusion could close (time outside convolutions) and the
 part it could not (the kernels' own rate) are apart.
 
+Where the time outside convolutions goes: three profiled passes (torch.profiler, self CPU time per
+aten op) split into GroupNorm, SiLU, adds, copies, cat, div and mul, attention and linear
+matmuls, and the rest. And a second, still optimistic bound, the **fusion bound**: a fused kernel
+can remove an element-wise pass, but not the exp and division of each SiLU (and of its backward),
+so every SiLU call is replayed alone too:
+
+    fusion bound = loop FLOPs / (Σ convolution time + Σ SiLU time + non-convolution FLOPs / peak)
+
+That is what the loop would reach if every GroupNorm, add, copy, cat and division cost nothing and
+each SiLU ran at its own standalone speed: no fusion with these kernels can do better. Inside the
+loop the convolutions run slower than alone (their inputs and weights are not in cache), so the
+**in-loop bound** keeps them, and the SiLUs, at the speed the profile measured:
+
+    in-loop bound = loop % of peak / (profiled share of convolutions + profiled share of SiLU)
+
+Where a bound is below a target, that target is out of reach of fusion on this machine.
+
     python bench/conv_ceiling.py [--denoiser MODEL --classifier CLF] [--quick]
 
 Loops, at the throughput bench's settings: certify (denoiser + classifier forward, batch 250),
@@ -46,6 +63,18 @@ from trustdiff.train.diffusion import diffusion_loss_fn  # noqa: E402
 aten = torch.ops.aten
 CONV_OPS = (aten.conv2d.default, aten.convolution.default,      # conv2d: what inference mode dispatches
             aten.convolution_backward.default)
+SILU_OPS = (aten.silu.default, aten.silu_.default, aten.silu_backward.default)
+#: aten op name (as the profiler spells it) -> the category it is reported under
+CATEGORIES = {"convolution": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+              "group_norm": ("aten::native_group_norm", "aten::native_group_norm_backward"),
+              "silu": ("aten::silu", "aten::silu_", "aten::silu_backward"),
+              "add": ("aten::add", "aten::add_"),
+              "copy": ("aten::copy_",),
+              "cat": ("aten::cat",),
+              "div_mul": ("aten::div", "aten::div_", "aten::mul", "aten::mul_"),
+              "attention_linear": ("aten::bmm", "aten::mm", "aten::addmm", "aten::baddbmm",
+                                   "aten::_scaled_dot_product_flash_attention_for_cpu",
+                                   "aten::_scaled_dot_product_flash_attention_for_cpu_backward")}
 
 
 def _key(a):
@@ -54,16 +83,35 @@ def _key(a):
 
 
 class ConvRecorder(TorchDispatchMode):
-    """Counts each distinct convolution call: the op and its arguments, tensors by shape."""
+    """Counts each distinct convolution call and each distinct SiLU call: the op and its
+    arguments, tensors by shape."""
 
     def __init__(self):
         super().__init__()
         self.calls: Counter = Counter()
+        self.silu: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in CONV_OPS:
             self.calls[(func, tuple(_key(a) for a in args))] += 1
+        elif func in SILU_OPS:
+            self.silu[(func, tuple(_key(a) for a in args))] += 1
         return func(*args, **(kwargs or {}))
+
+
+def profile_split(fn, passes: int = 3) -> dict:
+    """Self CPU seconds of ``passes`` passes of ``fn`` by :data:`CATEGORIES` (and ``other``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(passes):
+            fn()
+    of = {name: cat for cat, names in CATEGORIES.items() for name in names}
+    split = dict.fromkeys([*CATEGORIES, "other"], 0.0)
+    for ev in prof.key_averages():
+        if ev.key.startswith("aten::"):
+            split[of.get(ev.key, "other")] += ev.self_cpu_time_total / 1e6
+    return split
 
 
 def replay_seconds(func, sig, repeats: int) -> tuple[float, float]:
@@ -119,10 +167,14 @@ def measure(name, fn, repeats: int) -> dict:
         s, fl = replay_seconds(func, sig, repeats)
         conv_s += count * s
         conv_flop += count * fl
+    silu_s = sum(count * replay_seconds(func, sig, repeats)[0] for (func, sig), count in rec.silu.items())
+    split = profile_split(fn)
     r = {"loop_seconds": loop_s, "loop_gflop": loop_flop / 1e9, "conv_seconds": conv_s, "conv_gflop": conv_flop / 1e9,
-         "conv_calls": sum(rec.calls.values()), "conv_distinct": len(rec.calls)}
+         "conv_calls": sum(rec.calls.values()), "conv_distinct": len(rec.calls), "silu_seconds": silu_s,
+         "silu_calls": sum(rec.silu.values()), "profiled_seconds": split}
     print(f"  {name}: loop {loop_flop / loop_s / 1e9:.0f} GFLOP/s, convolutions alone {conv_flop / conv_s / 1e9:.0f} GFLOP/s "
-          f"({100 * conv_flop / loop_flop:.0f}% of the FLOPs, {100 * conv_s / loop_s:.0f}% of the loop's time)", flush=True)
+          f"({100 * conv_flop / loop_flop:.0f}% of the FLOPs, {100 * conv_s / loop_s:.0f}% of the loop's time), "
+          f"SiLU alone {100 * silu_s / loop_s:.0f}% of it", flush=True)
     return r
 
 
@@ -130,7 +182,13 @@ def with_fractions(r: dict, peak: float) -> dict:
     loop_gflops = r["loop_gflop"] / r["loop_seconds"]
     other_gflop = max(r["loop_gflop"] - r["conv_gflop"], 0.0)
     ceiling = r["loop_gflop"] / (r["conv_seconds"] + other_gflop / peak)
-    return r | {"loop_gflops": loop_gflops, "loop_fraction_of_peak": loop_gflops / peak,
+    fusion = r["loop_gflop"] / (r["conv_seconds"] + r["silu_seconds"] + other_gflop / peak)
+    total = sum(r["profiled_seconds"].values())
+    shares = {k: v / total for k, v in r["profiled_seconds"].items()}
+    return r | {"fusion_bound_gflops": fusion, "fusion_bound_fraction_of_peak": fusion / peak,
+                "profiled_shares": shares,
+                "inloop_bound_fraction_of_peak": loop_gflops / peak / (shares["convolution"] + shares["silu"]),
+                "loop_gflops": loop_gflops, "loop_fraction_of_peak": loop_gflops / peak,
                 "conv_gflops": r["conv_gflop"] / r["conv_seconds"],
                 "conv_fraction_of_peak": r["conv_gflop"] / r["conv_seconds"] / peak,
                 "ceiling_gflops": ceiling, "ceiling_fraction_of_peak": ceiling / peak,
@@ -161,10 +219,16 @@ def main():
            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "loops": {k: with_fractions(v, peak) for k, v in raw.items()}, "seconds": time.time() - t0}
     print(f"fp32 matmul peak {peak:.0f} GFLOP/s (range {min(peaks):.0f}-{max(peaks):.0f})")
-    print(f"{'loop':<10}{'loop % peak':>12}{'conv % peak':>12}{'ceiling % peak':>16}{'time outside conv':>19}")
+    print(f"{'loop':<10}{'loop % peak':>12}{'conv % peak':>12}{'ceiling % peak':>16}{'fusion bound % peak':>21}"
+          f"{'in-loop bound % peak':>22}{'time outside conv':>19}")
     for k, v in res["loops"].items():
         print(f"{k:<10}{100 * v['loop_fraction_of_peak']:>11.0f}%{100 * v['conv_fraction_of_peak']:>11.0f}%"
-              f"{100 * v['ceiling_fraction_of_peak']:>15.0f}%{100 * v['time_outside_convolutions']:>18.0f}%")
+              f"{100 * v['ceiling_fraction_of_peak']:>15.0f}%{100 * v['fusion_bound_fraction_of_peak']:>20.0f}%"
+              f"{100 * v['inloop_bound_fraction_of_peak']:>21.0f}%{100 * v['time_outside_convolutions']:>18.0f}%")
+    cats = [*CATEGORIES, "other"]
+    print("three profiled passes, share of self CPU time (%): " + " ".join(f"{c:>8.8}" for c in cats))
+    for k, v in res["loops"].items():
+        print(f"  {k:<44}" + " ".join(f"{100 * v['profiled_shares'][c]:>8.1f}" for c in cats))
     atomic_write_json(args.out, res)
     print(f"wrote {args.out} ({res['seconds']:.0f} s)")
 

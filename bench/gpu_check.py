@@ -2,6 +2,7 @@
 seeds, and one training step of each paper-scale network in fp32 and bf16.
 
     python bench/gpu_check.py                   # --device cuda: ≤ 8 min on one H200 → bench/results/gpu_check.json
+                                                #   (2026-12-04, one H200: 50 passed in 2.9 min)
     python bench/gpu_check.py --device cpu      # the dry run of the same script (≤ 5 min on 2 CPU cores)
                                                 #   → bench/results/gpu_check_cpu.json
 

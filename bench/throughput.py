@@ -313,6 +313,7 @@ JOBS = [
     ("generate", "new", {"precision": "bf16", "compiled": True}),
     ("pgd", "today", {"eot_batches": [1]}),
     ("pgd", "new", {"eot_batches": [1, 4, 8]}),
+    ("pgd", "new", {"eot_batches": [8], "compiled": True}),
     ("pgd", "new", {"eot_batches": [8], "precision": "bf16"}),
     ("pgd", "new", {"eot_batches": [8], "precision": "bf16", "compiled": True}),
     ("train", "today", {}),
@@ -602,11 +603,11 @@ def summarize(res, R, flops) -> None:
         fig["pgd"][f"{steps}-today"] = figures(gf[f"pgd-{steps}"], t, peak, t)
         for k in (1, 4, 8):
             fig["pgd"][f"{steps}-new-eot_batch{k}"] = figures(gf[f"pgd-{steps}"], R["pgd-new"][f"{steps}-{k}"], peak, t)
-        for name in ("pgd-new-bf16", "pgd-new-bf16-compiled"):
+        for name in ("pgd-new-compiled", "pgd-new-bf16", "pgd-new-bf16-compiled"):
             key = f"{steps}-{name.replace('pgd-', '')}-eot_batch8"
             fig["pgd"][key] = _with_peaks(figures(gf[f"pgd-{steps}"], R[name][f"{steps}-8"], peak, t), key, peak16)
     agree = {n.replace("pgd-new-", ""): gradient_agreement(R[n]["purifier_gradient"], R["pgd-new"]["purifier_gradient"])
-             for n in ("pgd-new-bf16", "pgd-new-bf16-compiled")}
+             for n in ("pgd-new-compiled", "pgd-new-bf16", "pgd-new-bf16-compiled")}
     res["pgd_gradient"] = {"eot_batch8_vs_1_max_abs_diff": R["pgd-new"]["gradient_max_abs_diff"],
                            "max_abs": R["pgd-new"]["gradient_max_abs"],
                            "purifier_5_steps_cosine_to_fp32": {k: v["cosine"] for k, v in agree.items()},

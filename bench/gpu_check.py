@@ -298,7 +298,9 @@ def build_net(name: str, device, holder: dict):
 
 
 def time_step(net: Net, per_image: float, device, precision: str, batch: int, steps: int, warmup: int,
-              deterministic=False):
+              deterministic=False, inputs=None):
+    """One training step of ``net`` timed: (summary, detail). ``inputs``: the (x, y) batch to step on
+    (default: ``batch`` images of bench/scale_cpu.py's, on ``device``)."""
     if precision == "bf16" and device.type == "cuda":
         assert torch.cuda.is_bf16_supported(), "no bf16 on this GPU"
     saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
@@ -307,7 +309,7 @@ def time_step(net: Net, per_image: float, device, precision: str, batch: int, st
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
     try:
         assert all(p.device.type == device.type for p in net.net.parameters()), "parameters off the device"
-        x, y = (t.to(device) for t in image_batch(batch))
+        x, y = inputs if inputs is not None else (t.to(device) for t in image_batch(batch))
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()

@@ -10,6 +10,8 @@ autocast, while the WRNs ran 1.5–1.7× faster in bf16. This script times the s
 fp32 with and without TF32, in bf16 autocast, with channels_last in both, and compiled
 (``torch.compile``, default mode) in both, and profiles one fp32 and one bf16 step with
 torch.profiler: the ops that take the GPU's time, by self device time. → bench/results/gpu_profile_ddpm.json
+Steps are timed by bench/gpu_check.py's ``time_step`` (warm-up, synchronize, timed steps); the
+committed JSONs were measured with a copy of that loop this script then carried.
 
 Measured 2026-12-04 on one H200 (torch 2.11.0+cu130): bench/results/gpu_profile_ddpm.json (batch 128)
 and gpu_profile_ddpm_b512.json (``--batch 512 --steps 5 --warmup 2 --no-compile --top 8``). In that
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import flops_per_image, time_step  # noqa: E402  (the GPU check's step timer)
 from scale_cpu import Net, batch as image_batch  # noqa: E402
 
 from trustdiff.persist import atomic_write_json  # noqa: E402
@@ -38,18 +41,6 @@ from trustdiff.runtime import compile_network  # noqa: E402
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def time_steps(net: Net, x, y, precision: str, steps: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        net.step(x, y, precision)
-    sync(x.device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = net.step(x, y, precision)
-    sync(x.device)
-    s = (time.perf_counter() - t) / steps
-    return {"ms_per_step": s * 1e3, "images_per_s": len(x) / s, "loss": loss}
 
 
 def profile_step(net: Net, x, y, precision: str, top: int) -> list[dict]:
@@ -82,6 +73,7 @@ def main():
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     x, y = (t.to(device) for t in image_batch(args.batch))
+    per_image = flops_per_image(Net("ddpm-cifar"), torch.device("cpu"))[0]   # time_step's detail wants it
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "timings": {}, "profiles": {}}
 
@@ -94,8 +86,9 @@ def main():
         if compiled:
             compile_network(net.net)               # in place, as --compile does: the loss dispatches on the class
         t = time.perf_counter()
-        r = {**time_steps(net, xs, y, precision, args.steps, args.warmup), "precision": precision,
-             "cudnn_allow_tf32": tf32, "channels_last": channels_last, "compiled": compiled,
+        _, d = time_step(net, per_image, device, precision, args.batch, args.steps, args.warmup, inputs=(xs, y))
+        r = {"ms_per_step": d["seconds_per_step"] * 1e3, "images_per_s": d["images_per_s"], "loss": d["loss"],
+             "precision": precision, "cudnn_allow_tf32": tf32, "channels_last": channels_last, "compiled": compiled,
              "seconds_with_warmup": time.perf_counter() - t}
         out["timings"][name] = r
         print(f"{name:28s} {r['ms_per_step']:8.2f} ms/step  {r['images_per_s']:8.1f} img/s  loss {r['loss']:.4f}",
